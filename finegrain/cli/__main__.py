@@ -1,0 +1,3 @@
+from finegrain.cli import main
+
+main()

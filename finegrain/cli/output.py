@@ -1,0 +1,42 @@
+"""How every command reports: rich progress and tables for people, one JSON line for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def summary_table(title: str, rows: Iterable[Sequence[Any]], columns: Sequence[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row))
+    return table
+
+
+def print_json_line(figures: Mapping[str, Any]) -> None:
+    """The machine-readable result of a command: one JSON object, always the last line printed."""
+    print(json.dumps(figures, sort_keys=True, default=str), flush=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line reason (no traceback) and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,97 @@
+"""Every address and path Finegrain uses, read from `FINEGRAIN_*` environment variables.
+
+The defaults point at the local stack that `finegrain stack up` starts on 127.0.0.1, so production is
+the same code with these variables set to the real clusters.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE_CSV = (
+    PROJECT_ROOT.parent / "shared" / "data" / "online_retail_ii" / "online_retail_ii_2009_2010.csv.gz"
+)
+
+
+class Settings(BaseSettings):
+    """Platform settings; each field is the environment variable `FINEGRAIN_<FIELD NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="FINEGRAIN_", extra="ignore", frozen=True)
+
+    mongo_uri: str = Field(
+        "mongodb://127.0.0.1:27117/?directConnection=true",
+        description="MongoDB connection string of the feature store, catalogue and model registry.",
+    )
+    mongo_database: str = Field("finegrain", description="MongoDB database that holds every collection.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:16379/0", description="Redis URL of the serving store (indexes, features, caches)."
+    )
+    zookeeper_hosts: str = Field(
+        "127.0.0.1:12181", description="ZooKeeper connection string (host:port[,host:port...])."
+    )
+    zookeeper_root: str = Field("/finegrain", description="Root znode under which Finegrain keeps its paths.")
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:19092", description="Kafka bootstrap servers (host:port[,host:port...])."
+    )
+    kafka_topic_prefix: str = Field(
+        "finegrain", description="Prefix of every Kafka topic name, so several deployments can share a cluster."
+    )
+    kafka_session_timeout_ms: int = Field(
+        2000,
+        description="Consumer-group session timeout; joining a group waits half of it, so keep it low locally.",
+    )
+    kafka_heartbeat_interval_ms: int = Field(500, description="Consumer-group heartbeat interval.")
+    spark_master: str = Field("local[*]", description="Spark master URL for batch and streaming jobs.")
+    var_dir: Path = Field(
+        PROJECT_ROOT / "var", description="Working folder: local stack data, logs, PID files, built data."
+    )
+    source_csv: Path = Field(
+        DEFAULT_SOURCE_CSV, description="The Online Retail II CSV (gzip) that `finegrain data load` reads."
+    )
+
+    @property
+    def data_dir(self) -> Path:
+        """Where loaded and generated data sets (Parquet) are written."""
+        return self.var_dir / "data"
+
+    @property
+    def stack_dir(self) -> Path:
+        """Where the local stack keeps each server's data, logs and PID file."""
+        return self.var_dir / "stack"
+
+    def redis_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.redis_url)
+        return parts.hostname or "127.0.0.1", parts.port or 6379
+
+    def mongo_address(self) -> tuple[str, int]:
+        # A MongoDB URI may list several hosts; the local stack only ever runs the first.
+        netloc = urlsplit(self.mongo_uri).netloc.rsplit("@", 1)[-1].split(",")[0]
+        return _split_host_port(netloc, 27017)
+
+    def zookeeper_address(self) -> tuple[str, int]:
+        return _split_host_port(self.zookeeper_hosts.split(",")[0].split("/")[0], 2181)
+
+    def kafka_address(self) -> tuple[str, int]:
+        return _split_host_port(self.kafka_bootstrap_servers.split(",")[0], 9092)
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka_topic_prefix}.{name}"
+
+
+def _split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host:
+        return text or "127.0.0.1", default_port
+    return host, int(port)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,208 @@
+"""One local server of the stack: how it is started, health-checked and stopped.
+
+Each server runs on 127.0.0.1 with its data, log and PID file under `var/stack/<name>/`. A server is
+"ours" only while the process named in its PID file is alive and is the program we started, so `down`
+never signals a process that merely reused the PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from finegrain.errors import StackError
+from finegrain.settings import Settings
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    pid: int | None
+    version: str
+    healthy: bool
+    detail: str = ""
+
+
+class LocalService(ABC):
+    """A real server the project starts itself for tests, the demo and development."""
+
+    name: ClassVar[str]
+    setting_name: ClassVar[str]  # the FINEGRAIN_* variable that holds this server's address
+    start_timeout_s: ClassVar[float] = 30.0
+    stop_timeout_s: ClassVar[float] = 20.0
+    # A word that must appear in /proc/<pid>/cmdline for the PID file to be trusted.
+    cmdline_marker: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.stack_dir / self.name
+        self.pidfile = self.dir / f"{self.name}.pid"
+        self.logfile = self.dir / f"{self.name}.log"
+
+    @property
+    @abstractmethod
+    def address(self) -> tuple[str, int]: ...
+
+    @abstractmethod
+    def check_installed(self) -> None:
+        """Raise StackError naming what is missing and how to install it."""
+
+    @abstractmethod
+    def launch(self) -> None:
+        """Start the server in the background; it must write (or we write) `self.pidfile`."""
+
+    @abstractmethod
+    def probe(self) -> str:
+        """Talk to the server over its own protocol; return its version or raise on any failure."""
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def address_text(self) -> str:
+        host, port = self.address
+        return f"{host}:{port}"
+
+    def running_pid(self) -> int | None:
+        """The PID of our server if it is alive, else None."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_our_process(pid, self.cmdline_marker) else None
+
+    def status(self) -> ServiceStatus:
+        pid = self.running_pid()
+        try:
+            version = self.probe()
+        except Exception as exc:
+            reason = "not running" if pid is None else f"not answering: {_one_line(exc)}"
+            return ServiceStatus(self.name, self.address_text, pid, "-", False, reason)
+        detail = "" if pid is not None else "answering, but not started by this stack"
+        return ServiceStatus(self.name, self.address_text, pid, version, True, detail)
+
+    def up(self) -> ServiceStatus:
+        host, port = self.address
+        if host not in LOCAL_HOSTS:
+            raise StackError(
+                f"{self.name}: {self.setting_name} points at {host}, not 127.0.0.1; "
+                "the local stack only runs servers on this machine"
+            )
+        if self.running_pid() is not None:
+            return self._wait_healthy()
+        if _port_open(host, port):
+            raise StackError(
+                f"{self.name}: port {port} on {host} is already taken by another process; "
+                f"stop it or set {self.setting_name} to a free port"
+            )
+        self.check_installed()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pidfile.unlink(missing_ok=True)
+        self.launch()
+        return self._wait_healthy()
+
+    def down(self) -> bool:
+        """Stop our server and wait until its process has exited; False if it was not running."""
+        pid = self.running_pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_exit(pid, self.stop_timeout_s):
+            os.kill(pid, signal.SIGKILL)
+            if not _wait_exit(pid, 5.0):
+                raise StackError(f"{self.name}: process {pid} did not exit after SIGKILL")
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+    # ----------------------------------------------------------------------------------------------
+    def _wait_healthy(self) -> ServiceStatus:
+        deadline = time.monotonic() + self.start_timeout_s
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            try:
+                version = self.probe()
+            except Exception as exc:
+                last_error = _one_line(exc)
+            else:
+                return ServiceStatus(self.name, self.address_text, self.running_pid(), version, True)
+            if not self.pidfile.exists() or self.running_pid() is None:
+                # The pidfile may lag a daemonising server by a moment; give it that moment.
+                time.sleep(0.3)
+                if self.running_pid() is None:
+                    raise StackError(
+                        f"{self.name}: the server exited during start-up; {self._log_tail()}"
+                    )
+            time.sleep(0.1)
+        raise StackError(
+            f"{self.name}: not healthy {self.start_timeout_s:.0f} s after start ({last_error}); "
+            f"see {self.logfile}"
+        )
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start a non-daemonising server in its own session, detached from our terminal."""
+        with self.logfile.open("ab") as log:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+        self.pidfile.write_text(f"{process.pid}\n")
+
+    def _log_tail(self) -> str:
+        try:
+            lines = [line for line in self.logfile.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return "no log written"
+        return f"last log line: {lines[-1].strip()[:300]!r} (log: {self.logfile})" if lines else "empty log"
+
+
+def _is_our_process(pid: int, marker: str) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    # A zombie (state Z) has exited; it lingers only until its parent reaps it.
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in {"Z", "X"} and marker in cmdline
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
+            if waited == pid:
+                return True
+        except ChildProcessError:
+            pass
+        if not Path(f"/proc/{pid}").exists() or not _is_our_process(pid, ""):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

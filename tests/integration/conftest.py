@@ -1,0 +1,42 @@
+"""The integration tier runs against the real local stack, started (or reused) by the project's own
+`finegrain.stack` code. Each test session gets its own namespaces in the shared servers (a Mongo
+database, a Redis database, a ZooKeeper root and a Kafka topic prefix) so runs don't see each other."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from finegrain.settings import Settings, get_settings
+from finegrain.stack import ServiceStatus, services
+from finegrain.storage.clients import mongo_client, redis_client
+
+REDIS_TEST_DB = 13
+
+
+@pytest.fixture(scope="session")
+def stack() -> list[ServiceStatus]:
+    """Every server of the local stack, healthy (started here if it was not running)."""
+    return [service.up() for service in services(get_settings())]
+
+
+@pytest.fixture(scope="session")
+def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
+    base = get_settings()
+    run = uuid.uuid4().hex[:8]
+    host, port = base.redis_address()
+    test_settings = base.model_copy(
+        update={
+            "mongo_database": f"finegrain_test_{run}",
+            "redis_url": f"redis://{host}:{port}/{REDIS_TEST_DB}",
+            "zookeeper_root": f"/finegrain_test_{run}",
+            "kafka_topic_prefix": f"fgtest_{run}",
+        }
+    )
+    redis_client(test_settings).flushdb()
+    yield test_settings
+    client = mongo_client(test_settings)
+    client.drop_database(test_settings.mongo_database)
+    client.close()
