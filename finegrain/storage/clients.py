@@ -6,8 +6,8 @@ from typing import Any
 
 import pymongo
 import redis
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 from kazoo.client import KazooClient
 from pymongo.database import Database
 
@@ -63,3 +63,19 @@ def kafka_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consu
 
 def kafka_admin(settings: Settings) -> AdminClient:
     return AdminClient(_kafka_common(settings))
+
+
+def ensure_topics(settings: Settings, topics: list[str], partitions: int = 2, timeout_s: float = 10.0) -> None:
+    """Create the topics that do not exist yet (an existing topic is left as it is)."""
+    admin = kafka_admin(settings)  # keep a reference: the futures fail if the client is collected
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
