@@ -1,0 +1,193 @@
+"""`finegrain data load | synth`: build the Parquet data sets every later job reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.data.retail import LoadReport, load_online_retail, read_catalog_table, read_events_table
+from finegrain.data.synthetic import SyntheticReport, generate_synthetic
+from finegrain.errors import DataError
+from finegrain.settings import get_settings
+
+app = typer.Typer(
+    help="Load the Online Retail II data into Parquet (events, catalogue, report), or scale it up."
+)
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Also print the figures as one JSON object on the last line.")
+]
+OutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Folder to write events.parquet, catalog.parquet and report.json into (created if needed).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def load(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help="The Online Retail II CSV (gzip) to read. Default: FINEGRAIN_SOURCE_CSV.",
+            show_default=False,
+        ),
+    ] = None,
+    out: OutOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Clean the CSV into purchase events and an item catalogue; print what was kept and rejected.
+
+    Default --out: <FINEGRAIN_VAR_DIR>/data/retail.
+    """
+    settings = get_settings()
+    source_path = source if source is not None else settings.source_csv
+    out_dir = out if out is not None else settings.data_dir / "retail"
+    with _failing_cleanly(out_dir), console.status(f"loading {source_path} ...") as status:
+        report = load_online_retail(source_path, out_dir, progress=lambda step: status.update(f"{step} ..."))
+    console.print(summary_table("Online Retail II load", _load_rows(report), ["figure", "value"]))
+    console.print(
+        summary_table("Rejected rows (first failing rule)", _rejected_rows(report), _REJECTED_COLUMNS)
+    )
+    if json:
+        print_json_line(report.as_dict())
+
+
+@app.command()
+def synth(
+    scale: Annotated[
+        int,
+        typer.Option(
+            "--scale",
+            help="How many copies of the clean data to generate (>= 1; 1 gives back the loaded data).",
+            show_default=False,
+        ),
+    ],
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (>= 0); the same seed gives the same data set.")
+    ] = 0,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help="Folder of loaded data (written by `finegrain data load`). Default: <data dir>/retail.",
+            show_default=False,
+        ),
+    ] = None,
+    out: OutOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Generate N times the loaded data with the same shape, in the same Parquet layout.
+
+    Default --out: <FINEGRAIN_VAR_DIR>/data/synthetic-x<N>.
+    """
+    if scale < 1:
+        raise fail(f"--scale must be at least 1, got {scale}")
+    if seed < 0:
+        raise fail(f"--seed must be a non-negative integer, got {seed}")
+    settings = get_settings()
+    source_dir = source if source is not None else settings.data_dir / "retail"
+    out_dir = out if out is not None else settings.data_dir / f"synthetic-x{scale}"
+    if out_dir.resolve() == source_dir.resolve():
+        raise fail(f"--out must differ from --source ({source_dir}): it would overwrite the real data")
+    with _failing_cleanly(out_dir), console.status(f"reading {source_dir} ...") as status:
+        events = read_events_table(source_dir)
+        catalog = read_catalog_table(source_dir)
+        report = generate_synthetic(
+            events,
+            catalog,
+            scale,
+            seed,
+            out_dir,
+            source=str(source_dir),
+            progress=lambda step: status.update(f"{step} ..."),
+        )
+    console.print(summary_table(f"Synthetic data x{scale}", _synthetic_rows(report), ["figure", "value"]))
+    console.print(
+        summary_table("Shape: loaded vs synthetic", _shape_rows(report), ["figure", "loaded", "synthetic"])
+    )
+    if json:
+        print_json_line(report.as_dict())
+
+
+@contextmanager
+def _failing_cleanly(out_dir: Path) -> Iterator[None]:
+    """Turn the errors a user can fix into a one-line message and exit code 2."""
+    try:
+        yield
+    except DataError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        # Reading errors arrive as DataError, so an OSError here is about the output folder.
+        raise fail(f"cannot write the data set into {out_dir}: {exc.strerror or exc}") from None
+
+
+_REJECTED_COLUMNS = ["reason", "rows", "share of rows read"]
+
+
+def _load_rows(report: LoadReport) -> list[tuple[str, Any]]:
+    return [
+        ("source", str(report.source)),
+        ("rows read", report.rows_read),
+        ("clean rows", report.clean_rows),
+        ("rejected rows", sum(report.rejected.values())),
+        ("users", report.users),
+        ("items", report.items),
+        ("baskets", report.baskets),
+        ("user-item pairs", report.user_item_pairs),
+        ("countries", report.countries),
+        ("first purchase", report.first_timestamp.isoformat(sep=" ")),
+        ("last purchase", report.last_timestamp.isoformat(sep=" ")),
+        ("events", str(report.events_path)),
+        ("catalogue", str(report.catalog_path)),
+        ("seconds", report.seconds),
+    ]
+
+
+def _rejected_rows(report: LoadReport) -> list[tuple[str, int, str]]:
+    return [(reason, count, f"{count / report.rows_read:.2%}") for reason, count in report.rejected.items()]
+
+
+def _synthetic_rows(report: SyntheticReport) -> list[tuple[str, Any]]:
+    return [
+        ("source", report.source),
+        ("scale", report.scale),
+        ("seed", report.seed),
+        ("rows", report.clean_rows),
+        ("users", report.users),
+        ("items", report.items),
+        ("baskets", report.baskets),
+        ("user-item pairs", report.user_item_pairs),
+        ("lines with a swapped item", report.swapped_lines),
+        ("first purchase", report.first_timestamp.isoformat(sep=" ")),
+        ("last purchase", report.last_timestamp.isoformat(sep=" ")),
+        ("events", str(report.events_path)),
+        ("catalogue", str(report.catalog_path)),
+        ("seconds", report.seconds),
+    ]
+
+
+def _shape_rows(report: SyntheticReport) -> list[tuple[str, Any, Any]]:
+    loaded, synthetic = report.source_shape, report.shape
+    rows: list[tuple[str, Any, Any]] = [
+        (name.replace("_", " "), loaded[name], synthetic[name])
+        for name in ("users", "items", "lines", "baskets", "mean_basket_size", "repeat_rate", "repeat_users")
+    ]
+    rows.extend(
+        (f"share of lines in {month}", f"{share:.2%}", f"{_share(synthetic['month_share'], month):.2%}")
+        for month, share in loaded["month_share"].items()
+    )
+    return rows
+
+
+def _share(shares: Mapping[str, float], month: str) -> float:
+    return shares.get(month, 0.0)
