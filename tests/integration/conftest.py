@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
+from finegrain.data.retail import load_online_retail
 from finegrain.settings import Settings, get_settings
+from finegrain.spark import spark_session
 from finegrain.stack import ServiceStatus, services
 from finegrain.storage.clients import mongo_client, redis_client
 
@@ -40,3 +44,19 @@ def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
     client = mongo_client(test_settings)
     client.drop_database(test_settings.mongo_database)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def retail_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real data set loaded once per test session; returns the folder of events/catalog Parquet."""
+    out = tmp_path_factory.mktemp("retail")
+    load_online_retail(get_settings().source_csv, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def spark(settings: Settings) -> Iterator[SparkSession]:
+    """One local Spark session for the whole test session (each start costs about 10 s)."""
+    session = spark_session(settings, app_name="finegrain-tests")
+    yield session
+    session.stop()

@@ -1,0 +1,40 @@
+"""Item attributes as of a date, derived from the events (not the all-time catalogue, which would leak
+later prices and descriptions into a backfill): description, median price, category, price band, terms.
+Shared by the jobs that need them, computed with the core package's feature definitions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from finegrain.features.catalog import categories, price_band
+from finegrain.features.text import description_terms
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+def item_attributes(events: DataFrame) -> DataFrame:
+    """One row per item: item_id, description, price, category, price_band, terms (array<string>)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    descriptions = (
+        events.where(F.col("description").isNotNull() & (F.length("description") > 0))
+        .groupBy("item_id", "description").count()
+        .withColumn("rank", F.row_number().over(
+            Window.partitionBy("item_id").orderBy(F.desc("count"), F.asc("description"))))
+        .where("rank = 1").select("item_id", "description")
+    )
+    prices = events.groupBy("item_id").agg(F.percentile_approx("price", 0.5, 10_000).alias("price"))
+    # A few thousand rows (tens of thousands at 10x): the category needs corpus-wide counts, so it is
+    # computed on the driver with the same functions serving uses.
+    frame = prices.join(descriptions, "item_id", "left").toPandas()
+    frame["description"] = frame["description"].fillna("")
+    frame["category"] = categories(frame["description"])
+    frame["price_band"] = [price_band(p) for p in frame["price"]]
+    frame["terms"] = [description_terms(d) for d in frame["description"]]
+    spark = events.sparkSession
+    return spark.createDataFrame(pd.DataFrame(frame[["item_id", "description", "price", "category",
+                                                     "price_band", "terms"]]))
