@@ -42,7 +42,7 @@ from finegrain.schemas import (
 )
 from finegrain.settings import get_settings
 
-DAY_MS = 86_400_000
+EPOCH = pd.Timestamp(0, tz="UTC")
 
 
 def item_records(events: pd.DataFrame) -> list[ItemFeatures]:
@@ -106,7 +106,7 @@ def user_records(events: pd.DataFrame) -> list[UserProfile]:
                 windows=windows,
                 history=PurchaseHistory(
                     item_ids=per_item.index.tolist(), times_bought=per_item["times"].tolist(),
-                    last_bought_day=(per_item["last"].astype("int64") // (DAY_MS * 1_000_000)).tolist(),
+                    last_bought_day=((per_item["last"] - EPOCH) // pd.Timedelta(days=1)).tolist(),
                     quantity=per_item["quantity"].astype(float).tolist(),
                 ),
                 version="bench",

@@ -118,7 +118,7 @@ def run_jobs(
 
 def job_main(jobs: Sequence[BatchJob], argv: Sequence[str] | None = None) -> int:
     """Entry point of a job module under `spark-submit`: parse arguments, run, print the summary."""
-    from finegrain.cli.output import console, err_console, summary_table
+    from finegrain.cli.output import console, fail, summary_table
 
     parser = argparse.ArgumentParser(description="; ".join(job.description for job in jobs))
     parser.add_argument("--as-of", required=True, help="Logical date of the run (YYYY-MM-DD); reads data before it.")
@@ -127,8 +127,7 @@ def job_main(jobs: Sequence[BatchJob], argv: Sequence[str] | None = None) -> int
     try:
         results = run_jobs(jobs, parse_as_of(args.as_of), args.events)
     except FinegrainError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
+        return fail(str(exc)).exit_code
     console.print(summary_table("Offline jobs", [result_row(r) for r in results], RESULT_COLUMNS))
     return 0
 

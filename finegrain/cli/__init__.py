@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from finegrain.cli import bench, data, settings_cmd, stack
+from finegrain.cli import bench, data, jobs, settings_cmd, stack
 
 app = typer.Typer(
     help="Finegrain: self-hosted, fine-grained recommendations. Every command reads FINEGRAIN_* settings.",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.add_typer(data.app, name="data")
+app.add_typer(jobs.app, name="jobs")
 app.add_typer(bench.app, name="bench")
 app.command("settings")(settings_cmd.show_settings)
 

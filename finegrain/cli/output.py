@@ -30,7 +30,7 @@ def print_json_line(figures: Mapping[str, Any]) -> None:
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line reason (no traceback) and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -98,6 +98,7 @@ CATALOG_SCHEMA = pa.schema(
 )
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_HEADER_BYTES = 1 << 16
 # mkstemp creates owner-only files; data sets are read by other users too (Spark, Airflow workers).
 _FILE_MODE = 0o644
 _INT32_MAX = 2**31 - 1
@@ -178,13 +179,15 @@ def load_online_retail(source: Path, out_dir: Path, progress: Progress | None = 
     raw, malformed_rows = _read_csv(source)
     rows_read = raw.num_rows + len(malformed_rows)
     if rows_read == 0:
-        raise DataError(f"{source} has a header but no data rows")
+        raise DataError(f"source file {source} has a header but no data rows")
     say("cleaning rows")
     events, reasons = _clean(raw, _row_numbers(raw.num_rows, malformed_rows))
     rejected = dict(zip(REJECT_REASONS, reasons, strict=True))
     rejected["unparseable"] += len(malformed_rows)
     if events.num_rows == 0:
-        raise DataError(f"{source} has no clean purchase row (rejected: {_describe_counts(rejected)})")
+        raise DataError(
+            f"source file {source} has no clean purchase row (rejected: {_describe_counts(rejected)})"
+        )
     say("building the catalogue")
     catalog = build_catalog(events)
     counts = dataset_counts(events)
@@ -231,15 +234,16 @@ def _check_source(source: Path) -> None:
     if magic != _GZIP_MAGIC:
         raise DataError(f"source file {source} is not gzip-compressed (expected a .csv.gz file)")
     try:
-        with gzip.open(source, "rt", encoding="utf-8-sig", newline="") as text:
-            header = next(csv.reader(text), None)
+        with gzip.open(source, "rb") as unzipped:
+            first_line = unzipped.readline(_MAX_HEADER_BYTES)
+        header = next(csv.reader([first_line.decode("utf-8-sig")]), None)
     except EOFError as exc:
         raise DataError(f"source file {source} is a truncated gzip file") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(f"source file {source} is not a UTF-8 CSV file") from exc
+        raise DataError(f"source file {source} is not a UTF-8 CSV file (header: {exc.reason})") from exc
     except (OSError, csv.Error) as exc:
         raise DataError(f"source file {source} is not a readable gzip CSV file: {exc}") from exc
-    if header is None:
+    if not header:
         raise DataError(f"source file {source} is empty: no header row")
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
@@ -282,6 +286,8 @@ def _read_csv(source: Path) -> tuple[Any, list[int]]:
                 convert_options=convert_options,
             )
     except (pa.ArrowException, OSError, EOFError) as exc:
+        if "UTF8" in str(exc):
+            raise DataError(f"source file {source} is not a UTF-8 CSV file: {_one_line(exc)}") from exc
         raise DataError(f"source file {source} is not a readable gzip CSV file: {_one_line(exc)}") from exc
     return table, malformed
 

@@ -23,3 +23,14 @@ def switch_dataset(settings: Settings, dataset: Dataset, version: str) -> str | 
         zk.close()
     versions.prune(dataset)
     return previous
+
+
+def rollback_dataset(settings: Settings, dataset: Dataset) -> tuple[str | None, str]:
+    """Switch back to the version before the current one; returns (from, to)."""
+    versions = RedisVersions(redis_client(settings))
+    current = versions.current(dataset)
+    earlier = [v for v in versions.history(dataset) if v != current]
+    if not earlier:
+        raise ValueError(f"{dataset}: no earlier version kept to roll back to")
+    switch_dataset(settings, dataset, earlier[-1])
+    return current, earlier[-1]

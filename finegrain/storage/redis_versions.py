@@ -57,16 +57,6 @@ class RedisVersions:
         previous, _, _ = pipe.execute()
         return None if previous is None else bytes(previous).decode()
 
-    def rollback(self, dataset: Dataset) -> str:
-        """Switch back to the version before the current one."""
-        history = self.history(dataset)
-        current = self.current(dataset)
-        earlier = [v for v in history if v != current]
-        if not earlier:
-            raise ValueError(f"{dataset}: no earlier version to roll back to")
-        self.switch(dataset, earlier[-1])
-        return earlier[-1]
-
     def delete_version(self, dataset: Dataset, version: str) -> int:
         if version == self.current(dataset):
             raise ValueError(f"{dataset} version {version} is current; switch away from it first")

@@ -1,0 +1,100 @@
+"""`finegrain jobs`: run the offline Spark jobs, see dataset versions, roll a dataset back."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.errors import FinegrainError
+from finegrain.jobs import RESULT_COLUMNS, BatchJob, parse_as_of, result_row, run_jobs
+from finegrain.settings import get_settings
+from finegrain.storage.clients import redis_client
+from finegrain.storage.contract import Dataset
+from finegrain.storage.datasets import rollback_dataset
+from finegrain.storage.redis_versions import RedisVersions
+
+app = typer.Typer(help="Offline batch jobs (Spark) and the versions of what they built.")
+
+
+def registry() -> dict[str, str]:
+    from spark_jobs import JOBS
+
+    return JOBS
+
+
+def load_job(name: str) -> BatchJob:
+    module_name, class_name = registry()[name].split(":")
+    job: BatchJob = getattr(importlib.import_module(module_name), class_name)()
+    return job
+
+
+@app.command("list")
+def list_jobs() -> None:
+    """List the jobs, in the order `jobs run` runs them."""
+    rows = [(name, target) for name, target in registry().items()]
+    console.print(summary_table("Offline jobs", rows, ["name", "module:class"]))
+
+
+@app.command()
+def run(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Jobs to run, in order (default: all, as in `jobs list`).")
+    ] = None,
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="Logical date of the run (YYYY-MM-DD); only data before it is read.")
+    ] = "",
+    events: Annotated[
+        Path | None, typer.Option("--events", help="Canonical events Parquet (default: var/data/retail/events.parquet).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON line at the end.")] = False,
+) -> None:
+    """Run jobs in one Spark session; each writes a new version and switches to it when complete."""
+    unknown = sorted(set(names or ()) - set(registry()))
+    if unknown:
+        raise fail(f"unknown job {', '.join(unknown)}; choose from {', '.join(registry())}")
+    if not as_of:
+        raise fail("--as-of is required (YYYY-MM-DD): the jobs read only data before it")
+    started = time.perf_counter()
+    try:
+        date = parse_as_of(as_of)
+        jobs = [load_job(name) for name in (names or list(registry()))]
+        results = run_jobs(jobs, date, events)
+    except FinegrainError as exc:
+        raise fail(str(exc)) from None
+    total = time.perf_counter() - started
+    console.print(summary_table(f"Offline build as of {date} ({total:.1f} s in all)",
+                                [result_row(r) for r in results], RESULT_COLUMNS))
+    if as_json:
+        print_json_line({"as_of": str(date), "seconds": total,
+                         "jobs": {r.job: {"version": r.version, "rows_in": r.rows_in, "rows_out": r.rows_out,
+                                          "seconds": r.seconds} for r in results}})
+
+
+@app.command()
+def versions(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versions as one JSON line at the end.")] = False,
+) -> None:
+    """Show each dataset's current version and the versions kept for rollback."""
+    store = RedisVersions(redis_client(get_settings()))
+    figures = {str(d): {"current": store.current(d), "history": store.history(d)} for d in Dataset}
+    rows = [(name, f["current"] or "-", ", ".join(f["history"]) or "-") for name, f in figures.items()]
+    console.print(summary_table("Dataset versions (Redis)", rows, ["dataset", "current", "switched to (oldest first)"]))
+    if as_json:
+        print_json_line(figures)
+
+
+@app.command()
+def rollback(
+    dataset: Annotated[Dataset, typer.Argument(help="Dataset to switch back to its previous version.")],
+) -> None:
+    """Switch a dataset back to the version before the current one (Redis pointer and ZooKeeper)."""
+    try:
+        previous, current = rollback_dataset(get_settings(), dataset)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{dataset}: {previous} -> {current}")
