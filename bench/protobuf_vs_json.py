@@ -10,7 +10,8 @@ Timing: the machine's CPU speed drifts, so each round times protobuf and JSON ba
 reported speed ratio is the median of the per-round ratios. "decode" parses the bytes; "decode+read"
 also reads every field, since upb parses eagerly but builds Python objects lazily.
 
-Usage: .venv/bin/python bench/protobuf_vs_json.py [--rounds 7] [--json]   (or `finegrain bench protobuf_vs_json`)
+Usage: .venv/bin/python bench/protobuf_vs_json.py [--rounds 7] [--json]
+   (or `finegrain bench run protobuf_vs_json`)
 """
 
 from __future__ import annotations
@@ -69,12 +70,23 @@ def item_records(events: pd.DataFrame) -> list[ItemFeatures]:
     as_of_ms = int(as_of.value // 1_000_000)
     return [
         ItemFeatures(
-            item_id=item_id, description=row.description, price=float(row.price),
-            price_band=int(np.clip(np.log2(max(row.price, 0.01)) + 4, 0, 9)), terms=description_terms(row.description),
-            popularity_7d=int(row.pop7), popularity_30d=int(row.pop30), popularity_90d=int(row.pop90),
-            distinct_buyers=int(row.buyers), repurchase_rate=float(row.repurchase),
-            trend=float(row.pop7 * 30 / 7 / max(row.pop30, 1)), first_seen_ms=_ms(row.first), last_seen_ms=_ms(row.last),
-            as_of_ms=as_of_ms, units_sold=int(row.units), revenue=float(row.revenue), version="bench",
+            item_id=item_id,
+            description=row.description,
+            price=float(row.price),
+            price_band=int(np.clip(np.log2(max(row.price, 0.01)) + 4, 0, 9)),
+            terms=description_terms(row.description),
+            popularity_7d=int(row.pop7),
+            popularity_30d=int(row.pop30),
+            popularity_90d=int(row.pop90),
+            distinct_buyers=int(row.buyers),
+            repurchase_rate=float(row.repurchase),
+            trend=float(row.pop7 * 30 / 7 / max(row.pop30, 1)),
+            first_seen_ms=_ms(row.first),
+            last_seen_ms=_ms(row.last),
+            as_of_ms=as_of_ms,
+            units_sold=int(row.units),
+            revenue=float(row.revenue),
+            version="bench",
         )
         for item_id, row in stats.iterrows()
     ]
@@ -86,26 +98,40 @@ def user_records(events: pd.DataFrame) -> list[UserProfile]:
     events = events.assign(spend=events["price"] * events["quantity"], day=events["timestamp"].dt.floor("D"))
     records = []
     for user_id, lines in events.groupby("user_id", sort=True):
-        per_item = lines.groupby("item_id").agg(times=("invoice", "nunique"), last=("timestamp", "max"),
-                                                quantity=("quantity", "sum"))
+        per_item = lines.groupby("item_id").agg(
+            times=("invoice", "nunique"), last=("timestamp", "max"), quantity=("quantity", "sum")
+        )
         baskets = lines["invoice"].nunique()
         windows = []
         for days in (7, 30, 90, 365):
             recent = lines[lines["timestamp"] >= as_of - pd.Timedelta(days=days)]
-            windows.append(WindowStats(days=days, baskets=recent["invoice"].nunique(), lines=len(recent),
-                                       spend=float(recent["spend"].sum())))
+            windows.append(
+                WindowStats(
+                    days=days,
+                    baskets=recent["invoice"].nunique(),
+                    lines=len(recent),
+                    spend=float(recent["spend"].sum()),
+                )
+            )
         spend = float(lines["spend"].sum())
         records.append(
             UserProfile(
-                user_id=str(user_id), as_of_ms=as_of_ms, country=lines["country"].iat[0],
-                purchase_lines=len(lines), baskets=baskets, distinct_items=len(per_item), total_spend=spend,
-                avg_basket_value=spend / baskets, avg_basket_size=len(lines) / baskets,
+                user_id=str(user_id),
+                as_of_ms=as_of_ms,
+                country=lines["country"].iat[0],
+                purchase_lines=len(lines),
+                baskets=baskets,
+                distinct_items=len(per_item),
+                total_spend=spend,
+                avg_basket_value=spend / baskets,
+                avg_basket_size=len(lines) / baskets,
                 avg_item_price=float(lines["price"].mean()),
                 days_since_last_purchase=int((as_of - lines["timestamp"].max()).days),
                 days_since_first_purchase=int((as_of - lines["timestamp"].min()).days),
                 windows=windows,
                 history=PurchaseHistory(
-                    item_ids=per_item.index.tolist(), times_bought=per_item["times"].tolist(),
+                    item_ids=per_item.index.tolist(),
+                    times_bought=per_item["times"].tolist(),
                     last_bought_day=((per_item["last"] - EPOCH) // pd.Timedelta(days=1)).tolist(),
                     quantity=per_item["quantity"].astype(float).tolist(),
                 ),
@@ -118,8 +144,15 @@ def user_records(events: pd.DataFrame) -> list[UserProfile]:
 def event_records(events: pd.DataFrame, limit: int = 50_000) -> list[BehaviorEvent]:
     sample = events.head(limit)
     return [
-        BehaviorEvent(event_id=row.event_id, user_id=row.user_id, item_id=row.item_id, type=EventType.PURCHASE,
-                      quantity=int(row.quantity), price=float(row.price), timestamp_ms=_ms(row.timestamp))
+        BehaviorEvent(
+            event_id=row.event_id,
+            user_id=row.user_id,
+            item_id=row.item_id,
+            type=EventType.PURCHASE,
+            quantity=int(row.quantity),
+            price=float(row.price),
+            timestamp_ms=_ms(row.timestamp),
+        )
         for row in sample.itertuples(index=False)
     ]
 
@@ -131,14 +164,19 @@ def natural_json(message: Message) -> dict[str, Any]:
     if history is not None:
         columns = [k for k in ("item_ids", "times_bought", "last_bought_day", "quantity") if k in history]
         mirror["history"] = [
-            {"item_id": values[0], **dict(zip(["times_bought", "last_bought_day", "quantity"], values[1:], strict=True))}
+            {
+                "item_id": values[0],
+                **dict(zip(["times_bought", "last_bought_day", "quantity"], values[1:], strict=True)),
+            }
             for values in zip(*(history[c] for c in columns), strict=True)
         ]
     return mirror
 
 
 def mirror_json(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=False)
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=False
+    )
 
 
 def read_all_fields(message: Message) -> int:
@@ -187,12 +225,14 @@ def measure(kind: str, messages: Sequence[Message], rounds: int) -> dict[str, fl
         def run() -> None:
             for blob in blobs:
                 json.loads(blob)
+
         return run
 
     def json_decode_read(blobs: list[bytes]) -> Callable[[], None]:
         def run() -> None:
             for blob in blobs:
                 read_all_json(json.loads(blob))
+
         return run
 
     def proto_encode() -> None:
@@ -223,11 +263,15 @@ def measure(kind: str, messages: Sequence[Message], rounds: int) -> dict[str, fl
 
 
 def main(
-    rounds: Annotated[int, typer.Option(help="Timing rounds per record kind (the median ratio is reported).")] = 7,
+    rounds: Annotated[
+        int, typer.Option(help="Timing rounds per record kind (the median ratio is reported).")
+    ] = 7,
     events_path: Annotated[
         Path | None, typer.Option("--events", help="Canonical events Parquet; default: load the real data.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON line at the end.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as one JSON line at the end.")
+    ] = False,
 ) -> None:
     """Bytes and speed of protobuf versus JSON for catalogue entries, user summaries and events."""
     settings = get_settings()
@@ -237,8 +281,11 @@ def main(
             load_online_retail(settings.source_csv, path.parent)
         events = read_events(path)
     with console.status("building records ..."):
-        kinds = {"item catalogue": item_records(events), "user summaries": user_records(events),
-                 "purchase events": event_records(events)}
+        kinds = {
+            "item catalogue": item_records(events),
+            "user summaries": user_records(events),
+            "purchase events": event_records(events),
+        }
     results = []
     for kind, messages in kinds.items():
         with console.status(f"timing {kind} ({len(messages):,} records, {rounds} rounds) ..."):
@@ -246,24 +293,46 @@ def main(
     proto_total = sum(int(r["proto_bytes"]) for r in results)
     mirror_total = sum(int(r["json_mirror_bytes"]) for r in results)
     rows = [
-        (r["kind"], r["records"], r["proto_bytes"], r["json_mirror_bytes"], r["json_natural_bytes"],
-         f"{r['bytes_ratio_vs_mirror']:.0%}", f"{r['decode_speedup']:.2f}x", f"{r['decode+read_speedup']:.2f}x",
-         f"{r['encode_speedup']:.2f}x")
+        (
+            r["kind"],
+            r["records"],
+            r["proto_bytes"],
+            r["json_mirror_bytes"],
+            r["json_natural_bytes"],
+            f"{r['bytes_ratio_vs_mirror']:.0%}",
+            f"{r['decode_speedup']:.2f}x",
+            f"{r['decode+read_speedup']:.2f}x",
+            f"{r['encode_speedup']:.2f}x",
+        )
         for r in results
     ]
-    console.print(summary_table(
-        "Protobuf vs JSON (targets: bytes <= 50% of JSON, decode >= 2x faster)", rows,
-        ["records", "n", "proto B", "JSON B", "JSON (natural) B", "proto/JSON bytes", "decode",
-         "decode+read", "encode"],
-    ))
+    console.print(
+        summary_table(
+            "Protobuf vs JSON (targets: bytes <= 50% of JSON, decode >= 2x faster)",
+            rows,
+            [
+                "records",
+                "n",
+                "proto B",
+                "JSON B",
+                "JSON (natural) B",
+                "proto/JSON bytes",
+                "decode",
+                "decode+read",
+                "encode",
+            ],
+        )
+    )
     summary = {
         "bytes_ratio": proto_total / mirror_total,
         "min_decode_speedup": min(float(r["decode_speedup"]) for r in results),
         "min_decode_read_speedup": min(float(r["decode+read_speedup"]) for r in results),
         "kinds": results,
     }
-    console.print(f"all records: protobuf is {summary['bytes_ratio']:.0%} of the JSON bytes; slowest kind decodes "
-                  f"{summary['min_decode_speedup']:.2f}x faster ({summary['min_decode_read_speedup']:.2f}x with reads)")
+    console.print(
+        f"all records: protobuf is {summary['bytes_ratio']:.0%} of the JSON bytes; slowest kind decodes "
+        f"{summary['min_decode_speedup']:.2f}x faster ({summary['min_decode_read_speedup']:.2f}x with reads)"
+    )
     if as_json:
         print_json_line(summary)
 

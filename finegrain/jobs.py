@@ -121,8 +121,12 @@ def job_main(jobs: Sequence[BatchJob], argv: Sequence[str] | None = None) -> int
     from finegrain.cli.output import console, fail, summary_table
 
     parser = argparse.ArgumentParser(description="; ".join(job.description for job in jobs))
-    parser.add_argument("--as-of", required=True, help="Logical date of the run (YYYY-MM-DD); reads data before it.")
-    parser.add_argument("--events", type=Path, default=None, help="Canonical events Parquet (default: loaded data).")
+    parser.add_argument(
+        "--as-of", required=True, help="Logical date of the run (YYYY-MM-DD); reads data before it."
+    )
+    parser.add_argument(
+        "--events", type=Path, default=None, help="Canonical events Parquet (default: loaded data)."
+    )
     args = parser.parse_args(argv)
     try:
         results = run_jobs(jobs, parse_as_of(args.as_of), args.events)
@@ -136,5 +140,12 @@ RESULT_COLUMNS = ["job", "dataset", "version", "rows in", "rows out", "seconds",
 
 
 def result_row(result: JobResult) -> tuple[Any, ...]:
-    return (result.job, str(result.dataset), result.version, result.rows_in, result.rows_out,
-            round(result.seconds, 1), result.previous_version or "-")
+    return (
+        result.job,
+        str(result.dataset),
+        result.version,
+        result.rows_in,
+        result.rows_out,
+        round(result.seconds, 1),
+        result.previous_version or "-",
+    )

@@ -40,11 +40,12 @@ class Settings(BaseSettings):
         "127.0.0.1:19092", description="Kafka bootstrap servers (host:port[,host:port...])."
     )
     kafka_topic_prefix: str = Field(
-        "finegrain", description="Prefix of every Kafka topic name, so several deployments can share a cluster."
+        "finegrain",
+        description="Prefix of every Kafka topic name, so several deployments can share a cluster.",
     )
     kafka_session_timeout_ms: int = Field(
         2000,
-        description="Consumer-group session timeout; joining a group waits half of it, so keep it low locally.",
+        description="Consumer-group session timeout; a group join waits half of it, so keep it low locally.",
     )
     kafka_heartbeat_interval_ms: int = Field(500, description="Consumer-group heartbeat interval.")
     spark_master: str = Field("local[*]", description="Spark master URL for batch and streaming jobs.")

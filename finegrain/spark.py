@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def spark_session(settings: Settings, app_name: str = "finegrain", shuffle_partitions: int | None = None
-                  ) -> SparkSession:
+def spark_session(
+    settings: Settings, app_name: str = "finegrain", shuffle_partitions: int | None = None
+) -> SparkSession:
     # Executors must run the venv's Python (PySpark's Python data sources need its pyarrow/pandas).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

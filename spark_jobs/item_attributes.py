@@ -22,10 +22,14 @@ def item_attributes(events: DataFrame) -> DataFrame:
 
     descriptions = (
         events.where(F.col("description").isNotNull() & (F.length("description") > 0))
-        .groupBy("item_id", "description").count()
-        .withColumn("rank", F.row_number().over(
-            Window.partitionBy("item_id").orderBy(F.desc("count"), F.asc("description"))))
-        .where("rank = 1").select("item_id", "description")
+        .groupBy("item_id", "description")
+        .count()
+        .withColumn(
+            "rank",
+            F.row_number().over(Window.partitionBy("item_id").orderBy(F.desc("count"), F.asc("description"))),
+        )
+        .where("rank = 1")
+        .select("item_id", "description")
     )
     prices = events.groupBy("item_id").agg(F.percentile_approx("price", 0.5, 10_000).alias("price"))
     # A few thousand rows (tens of thousands at 10x): the category needs corpus-wide counts, so it is
@@ -36,5 +40,6 @@ def item_attributes(events: DataFrame) -> DataFrame:
     frame["price_band"] = [price_band(p) for p in frame["price"]]
     frame["terms"] = [description_terms(d) for d in frame["description"]]
     spark = events.sparkSession
-    return spark.createDataFrame(pd.DataFrame(frame[["item_id", "description", "price", "category",
-                                                     "price_band", "terms"]]))
+    return spark.createDataFrame(
+        pd.DataFrame(frame[["item_id", "description", "price", "category", "price_band", "terms"]])
+    )

@@ -35,7 +35,8 @@ def list_benchmarks() -> None:
 
 
 @app.command(
-    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
 )
 def run(
     ctx: typer.Context,
@@ -47,5 +48,3 @@ def run(
         raise fail(f"no benchmark named {name!r}; choose from {', '.join(scripts)}")
     result = subprocess.run([sys.executable, str(scripts[name]), *ctx.args], check=False, cwd=PROJECT_ROOT)
     raise typer.Exit(result.returncode)
-
-

@@ -1,19 +1,28 @@
-"""`finegrain data load | synth`: build the Parquet data sets every later job reads."""
+"""`finegrain data load | synth | publish-catalog`: build the Parquet data sets every later job reads."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pymongo.errors import PyMongoError
 
 from finegrain.cli.output import console, fail, print_json_line, summary_table
-from finegrain.data.retail import LoadReport, load_online_retail, read_catalog_table, read_events_table
+from finegrain.data.retail import (
+    LoadReport,
+    load_online_retail,
+    read_catalog,
+    read_catalog_table,
+    read_events_table,
+)
 from finegrain.data.synthetic import SyntheticReport, generate_synthetic
 from finegrain.errors import DataError
 from finegrain.settings import get_settings
+from finegrain.storage.catalog import publish_catalog
 
 app = typer.Typer(
     help="Load the Online Retail II data into Parquet (events, catalogue, report), or scale it up."
@@ -117,6 +126,40 @@ def synth(
     )
     if json:
         print_json_line(report.as_dict())
+
+
+@app.command("publish-catalog")
+def publish_catalog_command(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help="Folder (or catalog.parquet) written by `data load`; default: the loaded data.",
+            show_default=False,
+        ),
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Write the item catalogue into MongoDB as a new version (catalog__<version>) and switch to it."""
+    settings = get_settings()
+    folder = source or settings.data_dir / "retail"
+    with _failing_cleanly(folder), console.status(f"publishing the catalogue of {folder} to MongoDB ..."):
+        try:
+            report = publish_catalog(settings, read_catalog(folder))
+        except PyMongoError as exc:
+            reason = str(exc).split(" (configured timeouts")[0]
+            raise fail(
+                f"MongoDB at {settings.mongo_uri} failed: {reason} (is the stack up? `finegrain stack up`)"
+            ) from None
+    rows = [
+        ("version", report.version),
+        ("items", report.items),
+        ("replaced", report.previous or "-"),
+        ("dropped old versions", ", ".join(report.dropped) or "-"),
+    ]
+    console.print(summary_table("Catalogue in MongoDB", rows, ["figure", "value"]))
+    if json:
+        print_json_line(asdict(report))
 
 
 @contextmanager

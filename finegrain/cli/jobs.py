@@ -46,12 +46,16 @@ def run(
         list[str] | None, typer.Argument(help="Jobs to run, in order (default: all, as in `jobs list`).")
     ] = None,
     as_of: Annotated[
-        str, typer.Option("--as-of", help="Logical date of the run (YYYY-MM-DD); only data before it is read.")
+        str,
+        typer.Option("--as-of", help="Logical date of the run (YYYY-MM-DD); only data before it is read."),
     ] = "",
     events: Annotated[
-        Path | None, typer.Option("--events", help="Canonical events Parquet (default: var/data/retail/events.parquet).")
+        Path | None,
+        typer.Option("--events", help="Canonical events Parquet (default: var/data/retail/events.parquet)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON line at the end.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as one JSON line at the end.")
+    ] = False,
 ) -> None:
     """Run jobs in one Spark session; each writes a new version and switches to it when complete."""
     unknown = sorted(set(names or ()) - set(registry()))
@@ -67,23 +71,46 @@ def run(
     except FinegrainError as exc:
         raise fail(str(exc)) from None
     total = time.perf_counter() - started
-    console.print(summary_table(f"Offline build as of {date} ({total:.1f} s in all)",
-                                [result_row(r) for r in results], RESULT_COLUMNS))
+    console.print(
+        summary_table(
+            f"Offline build as of {date} ({total:.1f} s in all)",
+            [result_row(r) for r in results],
+            RESULT_COLUMNS,
+        )
+    )
     if as_json:
-        print_json_line({"as_of": str(date), "seconds": total,
-                         "jobs": {r.job: {"version": r.version, "rows_in": r.rows_in, "rows_out": r.rows_out,
-                                          "seconds": r.seconds} for r in results}})
+        print_json_line(
+            {
+                "as_of": str(date),
+                "seconds": total,
+                "jobs": {
+                    r.job: {
+                        "version": r.version,
+                        "rows_in": r.rows_in,
+                        "rows_out": r.rows_out,
+                        "seconds": r.seconds,
+                    }
+                    for r in results
+                },
+            }
+        )
 
 
 @app.command()
 def versions(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the versions as one JSON line at the end.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the versions as one JSON line at the end.")
+    ] = False,
 ) -> None:
     """Show each dataset's current version and the versions kept for rollback."""
     store = RedisVersions(redis_client(get_settings()))
-    figures = {str(d): {"current": store.current(d), "history": store.history(d)} for d in Dataset}
-    rows = [(name, f["current"] or "-", ", ".join(f["history"]) or "-") for name, f in figures.items()]
-    console.print(summary_table("Dataset versions (Redis)", rows, ["dataset", "current", "switched to (oldest first)"]))
+    current = {str(d): store.current(d) for d in Dataset}
+    history = {str(d): store.history(d) for d in Dataset}
+    figures = {name: {"current": current[name], "history": history[name]} for name in current}
+    rows = [(name, current[name] or "-", ", ".join(history[name]) or "-") for name in current]
+    console.print(
+        summary_table("Dataset versions (Redis)", rows, ["dataset", "current", "switched to (oldest first)"])
+    )
     if as_json:
         print_json_line(figures)
 

@@ -11,7 +11,9 @@ from finegrain.settings import Settings, get_settings
 
 
 def show_settings(
-    json: Annotated[bool, typer.Option("--json", help="Print the settings as one JSON line instead.")] = False,
+    json: Annotated[
+        bool, typer.Option("--json", help="Print the settings as one JSON line instead.")
+    ] = False,
 ) -> None:
     """Show every setting, its FINEGRAIN_* variable and its current value."""
     settings = get_settings()

@@ -20,7 +20,9 @@ OnlyOption = Annotated[
         help=f"Act on this service only (repeatable): {', '.join(SERVICE_NAMES)}. Default: all of them.",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Also print the statuses as one JSON line at the end.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Also print the statuses as one JSON line at the end.")
+]
 
 
 @app.command()
@@ -65,7 +67,13 @@ def _report(statuses: list[ServiceStatus], as_json: bool) -> None:
         (s.name, s.address, s.pid or "-", s.version, "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail)
         for s in statuses
     ]
-    console.print(summary_table("Local stack", rows, ["service", "address", "PID", "version", "healthy", "note"]))
+    console.print(
+        summary_table("Local stack", rows, ["service", "address", "PID", "version", "healthy", "note"])
+    )
     if as_json:
-        print_json_line({s.name: {"address": s.address, "pid": s.pid, "version": s.version, "healthy": s.healthy}
-                         for s in statuses})
+        print_json_line(
+            {
+                s.name: {"address": s.address, "pid": s.pid, "version": s.version, "healthy": s.healthy}
+                for s in statuses
+            }
+        )

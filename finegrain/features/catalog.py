@@ -29,12 +29,43 @@ COLOUR_AND_PATTERN_WORDS = frozenset(
     vintage antique colour colours colored coloured""".split()
 )
 
-_IRREGULAR_SINGULARS = {"boxes": "box", "glasses": "glass", "dishes": "dish", "brushes": "brush",
-                        "matches": "match", "pieces": "piece", "tumblers": "tumbler", "knives": "knife",
-                        "leaves": "leaf", "shelves": "shelf", "candies": "candy", "berries": "berry"}
-_NOT_PLURAL = {"glass", "dress", "grass", "cactus", "bus", "brass", "moss", "kiss", "chess", "christmas",
-               "lotus", "canvas", "bonus", "hibiscus", "octopus", "pegasus", "circus", "its", "this",
-               "series", "news"}
+_IRREGULAR_SINGULARS = {
+    "boxes": "box",
+    "glasses": "glass",
+    "dishes": "dish",
+    "brushes": "brush",
+    "matches": "match",
+    "pieces": "piece",
+    "tumblers": "tumbler",
+    "knives": "knife",
+    "leaves": "leaf",
+    "shelves": "shelf",
+    "candies": "candy",
+    "berries": "berry",
+}
+_NOT_PLURAL = {
+    "glass",
+    "dress",
+    "grass",
+    "cactus",
+    "bus",
+    "brass",
+    "moss",
+    "kiss",
+    "chess",
+    "christmas",
+    "lotus",
+    "canvas",
+    "bonus",
+    "hibiscus",
+    "octopus",
+    "pegasus",
+    "circus",
+    "its",
+    "this",
+    "series",
+    "news",
+}
 
 
 def singular(term: str) -> str:

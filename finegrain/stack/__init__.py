@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from finegrain.errors import StackError
+from finegrain.settings import Settings
 from finegrain.stack.base import LocalService, ServiceStatus
 from finegrain.stack.kafka import KafkaService
 from finegrain.stack.mongo import MongoService
 from finegrain.stack.redis_server import RedisService
 from finegrain.stack.zookeeper import ZooKeeperService
-from finegrain.errors import StackError
-from finegrain.settings import Settings
 
 SERVICE_TYPES: tuple[type[LocalService], ...] = (RedisService, ZooKeeperService, MongoService, KafkaService)
 SERVICE_NAMES = tuple(service.name for service in SERVICE_TYPES)

@@ -138,9 +138,7 @@ class LocalService(ABC):
                 # The pidfile may lag a daemonising server by a moment; give it that moment.
                 time.sleep(0.3)
                 if self.running_pid() is None:
-                    raise StackError(
-                        f"{self.name}: the server exited during start-up; {self._log_tail()}"
-                    )
+                    raise StackError(f"{self.name}: the server exited during start-up; {self._log_tail()}")
             time.sleep(0.1)
         raise StackError(
             f"{self.name}: not healthy {self.start_timeout_s:.0f} s after start ({last_error}); "

@@ -43,16 +43,22 @@ class KafkaService(LocalService):
         # The default listener is 0.0.0.0: always pass ours. Its storage here is memory only.
         self._spawn(
             [
-                str(binary), "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                str(binary),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             env={"RUST_LOG": "warn"},
         )
 
     def probe(self) -> str:
-        admin = AdminClient({"bootstrap.servers": self.address_text, "socket.timeout.ms": 1000, "log_level": 0})
+        admin = AdminClient(
+            {"bootstrap.servers": self.address_text, "socket.timeout.ms": 1000, "log_level": 0}
+        )
         admin.list_topics(timeout=1.5)
         return _tansu_version()
 

@@ -37,7 +37,17 @@ class MongoService(LocalService):
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         self._spawn(
-            [binary, "--host", host, "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING"]
+            [
+                binary,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--storage-path",
+                str(data),
+                "--log-level",
+                "WARNING",
+            ]
         )
 
     def probe(self) -> str:

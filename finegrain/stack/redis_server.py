@@ -22,7 +22,9 @@ class RedisService(LocalService):
 
     def check_installed(self) -> None:
         if shutil.which("redis-server") is None:
-            raise StackError("redis: `redis-server` not found; install it with `apt-get install redis-server`")
+            raise StackError(
+                "redis: `redis-server` not found; install it with `apt-get install redis-server`"
+            )
 
     def launch(self) -> None:
         host, port = self.address
@@ -30,13 +32,20 @@ class RedisService(LocalService):
         subprocess.run(
             [
                 "redis-server",
-                "--bind", host,
-                "--port", str(port),
-                "--daemonize", "yes",
-                "--pidfile", str(self.pidfile),
-                "--logfile", str(self.logfile),
-                "--dir", str(self.dir),
-                "--protected-mode", "no",
+                "--bind",
+                host,
+                "--port",
+                str(port),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.logfile),
+                "--dir",
+                str(self.dir),
+                "--protected-mode",
+                "no",
             ],
             check=True,
             stdout=subprocess.DEVNULL,

@@ -24,9 +24,13 @@ class ZooKeeperService(LocalService):
 
     def check_installed(self) -> None:
         if shutil.which("java") is None:
-            raise StackError("zookeeper: `java` not found; install a JRE (`apt-get install default-jre-headless`)")
+            raise StackError(
+                "zookeeper: `java` not found; install a JRE (`apt-get install default-jre-headless`)"
+            )
         if not ZOOKEEPER_JAR.exists():
-            raise StackError(f"zookeeper: {ZOOKEEPER_JAR} not found; install it with `apt-get install zookeeper`")
+            raise StackError(
+                f"zookeeper: {ZOOKEEPER_JAR} not found; install it with `apt-get install zookeeper`"
+            )
 
     def launch(self) -> None:
         host, port = self.address

@@ -32,12 +32,17 @@ def catalog_documents(catalog: pd.DataFrame) -> Iterator[MongoDocument]:
             first_seen_ms=_epoch_ms(row.first_seen),
             last_seen_ms=_epoch_ms(row.last_seen),
         )
-        yield {"_id": row.item_id, "description": row.description, "price": float(row.price),
-               "pb": encode(message)}
+        yield {
+            "_id": row.item_id,
+            "description": row.description,
+            "price": float(row.price),
+            "pb": encode(message),
+        }
 
 
-def publish_catalog(settings: Settings, catalog: pd.DataFrame, version: str | None = None
-                    ) -> CatalogPublishReport:
+def publish_catalog(
+    settings: Settings, catalog: pd.DataFrame, version: str | None = None
+) -> CatalogPublishReport:
     version = version or new_version()
     client = mongo_client(settings)
     try:

@@ -7,7 +7,8 @@ from typing import Any
 import pymongo
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from kazoo.client import KazooClient
 from pymongo.database import Database
 
@@ -27,8 +28,9 @@ def mongo_client(settings: Settings) -> pymongo.MongoClient[MongoDocument]:
     return pymongo.MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=3000, connectTimeoutMS=2000)
 
 
-def mongo_database(settings: Settings, client: pymongo.MongoClient[MongoDocument] | None = None
-                   ) -> Database[MongoDocument]:
+def mongo_database(
+    settings: Settings, client: pymongo.MongoClient[MongoDocument] | None = None
+) -> Database[MongoDocument]:
     return (client or mongo_client(settings))[settings.mongo_database]
 
 
@@ -65,15 +67,19 @@ def kafka_admin(settings: Settings) -> AdminClient:
     return AdminClient(_kafka_common(settings))
 
 
-def ensure_topics(settings: Settings, topics: list[str], partitions: int = 2, timeout_s: float = 10.0) -> None:
+def ensure_topics(
+    settings: Settings, topics: list[str], partitions: int = 2, timeout_s: float = 10.0
+) -> None:
     """Create the topics that do not exist yet (an existing topic is left as it is)."""
     admin = kafka_admin(settings)  # keep a reference: the futures fail if the client is collected
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [t for t in topics if t not in existing]
     if not missing:
         return
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
-    for topic, future in futures.items():
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+    )
+    for future in futures.values():
         try:
             future.result(timeout=timeout_s)
         except KafkaException as exc:

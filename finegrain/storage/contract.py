@@ -57,9 +57,20 @@ class RedisKeys:
         return f"{cls.versioned_prefix(Dataset.FEATURES, version)}items:{block}"
 
     @classmethod
+    def item_feature_block_count(cls, version: str) -> str:
+        """UTF-8 integer n: the version's item features are blocks 0..n-1; written last, before the switch."""
+        return f"{cls.versioned_prefix(Dataset.FEATURES, version)}item_blocks"
+
+    @classmethod
     def index_postings(cls, version: str, field: str, value: str) -> str:
         """ScoredItemList: items having `value` for `field` (term, category, price_band)."""
         return f"{cls.versioned_prefix(Dataset.INDEX, version)}{field}:{value}"
+
+    @classmethod
+    def index_directory(cls, version: str, field: str) -> str:
+        """ScoredItemList of the values `field` has in this version (in `item_ids`) with the length of
+        each one's postings (in `scores`), largest first: lets serving and rules validate a value."""
+        return f"{cls.versioned_prefix(Dataset.INDEX, version)}directory:{field}"
 
     @classmethod
     def similar_items(cls, version: str, algorithm: str, item_id: str) -> str:

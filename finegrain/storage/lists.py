@@ -11,13 +11,25 @@ from finegrain.schemas import ScoredItemList
 from finegrain.storage.contract import Dataset, RedisKeys
 
 
-def scored_list(key: str, version: str, item_ids: Sequence[str], scores: Sequence[float],
-                channel: str | None = None, generated_ms: int = 0) -> bytes:
+def scored_list(
+    key: str,
+    version: str,
+    item_ids: Sequence[str],
+    scores: Sequence[float],
+    channel: str | None = None,
+    generated_ms: int = 0,
+) -> bytes:
     """Encode one single-channel list; item_ids and scores are parallel, best first."""
     if len(item_ids) != len(scores):
         raise ValueError(f"{key}: {len(item_ids)} items but {len(scores)} scores")
-    message = ScoredItemList(key=key, version=version, item_ids=item_ids, scores=scores,
-                             channels=[channel] if channel else [], generated_ms=generated_ms)
+    message = ScoredItemList(
+        key=key,
+        version=version,
+        item_ids=item_ids,
+        scores=scores,
+        channels=[channel] if channel else [],
+        generated_ms=generated_ms,
+    )
     return encode(message)
 
 

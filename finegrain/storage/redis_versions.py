@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import cast
 
 import redis
 
@@ -44,7 +45,8 @@ class RedisVersions:
 
     def history(self, dataset: Dataset) -> list[str]:
         """Versions switched to, oldest first."""
-        return [bytes(v).decode() for v in self.client.zrange(versions_key(dataset), 0, -1)]  # type: ignore[union-attr]
+        members = cast(list[bytes], self.client.zrange(versions_key(dataset), 0, -1))
+        return [member.decode() for member in members]
 
     def switch(self, dataset: Dataset, version: str) -> str | None:
         """Point serving at `version` (one SET); returns the version it replaced."""
@@ -66,10 +68,10 @@ class RedisVersions:
         for key in self.client.scan_iter(match=pattern, count=5000):
             batch.append(key)
             if len(batch) >= WRITE_BATCH:
-                deleted += int(self.client.unlink(*batch))  # type: ignore[arg-type]
+                deleted += int(self.client.unlink(*batch))
                 batch = []
         if batch:
-            deleted += int(self.client.unlink(*batch))  # type: ignore[arg-type]
+            deleted += int(self.client.unlink(*batch))
         self.client.zrem(versions_key(dataset), version)
         return deleted
 

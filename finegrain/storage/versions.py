@@ -66,7 +66,9 @@ class MongoVersions:
 
     def versions(self, dataset: Dataset) -> list[str]:
         prefix = MongoCollections.versioned(dataset, "x")[:-1]
-        return sorted(name[len(prefix):] for name in self.db.list_collection_names() if name.startswith(prefix))
+        return sorted(
+            name[len(prefix) :] for name in self.db.list_collection_names() if name.startswith(prefix)
+        )
 
     def prune(self, dataset: Dataset) -> list[str]:
         """Drop every version but the current and the previous one (kept for rollback)."""

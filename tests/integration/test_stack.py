@@ -79,8 +79,14 @@ def test_start_and_stop_a_private_redis_by_its_pid(tmp_path: Path) -> None:
 def test_a_taken_port_gives_a_one_line_reason(stack: list[ServiceStatus], tmp_path: Path) -> None:
     zookeeper_port = next(s for s in stack if s.name == "zookeeper").address.rsplit(":", 1)[1]
     result = _cli(
-        "stack", "up", "--only", "redis",
-        env={"FINEGRAIN_REDIS_URL": f"redis://127.0.0.1:{zookeeper_port}/0", "FINEGRAIN_VAR_DIR": str(tmp_path)},
+        "stack",
+        "up",
+        "--only",
+        "redis",
+        env={
+            "FINEGRAIN_REDIS_URL": f"redis://127.0.0.1:{zookeeper_port}/0",
+            "FINEGRAIN_VAR_DIR": str(tmp_path),
+        },
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -91,7 +97,10 @@ def test_a_missing_binary_gives_a_one_line_reason(tmp_path: Path) -> None:
     path_without_redis = str(Path(sys.executable).parent)
     assert shutil.which("redis-server", path=path_without_redis) is None
     result = _cli(
-        "stack", "up", "--only", "redis",
+        "stack",
+        "up",
+        "--only",
+        "redis",
         env={
             "PATH": path_without_redis,
             "FINEGRAIN_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0",
@@ -105,7 +114,10 @@ def test_a_missing_binary_gives_a_one_line_reason(tmp_path: Path) -> None:
 
 def test_a_remote_address_is_refused_without_network_traffic(tmp_path: Path) -> None:
     result = _cli(
-        "stack", "up", "--only", "mongo",
+        "stack",
+        "up",
+        "--only",
+        "mongo",
         env={"FINEGRAIN_MONGO_URI": "mongodb://mongo.prod.example:27017", "FINEGRAIN_VAR_DIR": str(tmp_path)},
     )
     assert result.returncode == 2

@@ -38,7 +38,10 @@ def test_redis_keeps_protobuf_bytes(settings: Settings) -> None:
 def test_mongo_versions_switch_and_keep_one_for_rollback(settings: Settings) -> None:
     versions = MongoVersions(mongo_database(settings))
     for n, version in enumerate(["v1", "v2", "v3"], start=1):
-        assert versions.write(Dataset.FEATURES, version, ({"_id": str(i), "n": n} for i in range(12_000))) == 12_000
+        assert (
+            versions.write(Dataset.FEATURES, version, ({"_id": str(i), "n": n} for i in range(12_000)))
+            == 12_000
+        )
         versions.switch(Dataset.FEATURES, version)
     assert versions.current(Dataset.FEATURES) == "v3"
     assert versions.prune(Dataset.FEATURES) == ["v1"]

@@ -11,16 +11,17 @@ from pathlib import Path
 def test_committed_protobuf_code_is_not_stale(project_root: Path, tmp_path: Path) -> None:
     subprocess.run(
         [str(project_root / "bin" / "gen-proto"), str(tmp_path)],
-        check=True, env={"FINEGRAIN_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        check=True,
+        env={"FINEGRAIN_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
     )
     generated = sorted(p.name for p in (tmp_path / "finegrain" / "schemas").iterdir())
     committed_dir = project_root / "finegrain" / "schemas"
     assert generated, "protoc generated nothing"
     stale = [
-        name for name in generated
-        if not (committed_dir / name).exists() or not filecmp.cmp(
-            tmp_path / "finegrain" / "schemas" / name, committed_dir / name, shallow=False
-        )
+        name
+        for name in generated
+        if not (committed_dir / name).exists()
+        or not filecmp.cmp(tmp_path / "finegrain" / "schemas" / name, committed_dir / name, shallow=False)
     ]
     assert not stale, f"finegrain/schemas is stale for {stale}: run bin/gen-proto and commit"
 
@@ -33,9 +34,9 @@ def test_pyspark_is_whole_not_the_connect_only_client() -> None:
     package = Path(pyspark.__file__).parent
     assert (package / "jars").is_dir() and any((package / "jars").glob("spark-core_*.jar"))
     assert (package / "bin" / "spark-submit").exists()
-    from pyspark.java_gateway import launch_gateway  # noqa: F401  (absent from pyspark-client)
-
     from importlib.metadata import PackageNotFoundError, version
+
+    from pyspark.java_gateway import launch_gateway  # noqa: F401  (absent from pyspark-client)
 
     assert version("pyspark").startswith("4.")
     try:
@@ -43,7 +44,9 @@ def test_pyspark_is_whole_not_the_connect_only_client() -> None:
     except PackageNotFoundError:
         pass
     else:
-        raise AssertionError("pyspark-client is installed: it overwrites pyspark (see requirements/no-deps.txt)")
+        raise AssertionError(
+            "pyspark-client is installed: it overwrites pyspark (see requirements/no-deps.txt)"
+        )
 
 
 def test_spark_provider_imports() -> None:

@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from finegrain.cli import app
-from finegrain.data import retail
 from finegrain.data.retail import (
     CATALOG_FILE,
     CATALOG_SCHEMA,
@@ -199,7 +198,7 @@ def test_a_failed_write_keeps_the_previous_data_set_and_leaves_no_temporary_file
         Path(where).write_bytes(b"PAR1 half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(retail.pq, "write_table", disk_full_on_catalogue)
+    monkeypatch.setattr(pq, "write_table", disk_full_on_catalogue)
     with pytest.raises(OSError, match="No space left"):
         load_online_retail(other, out)
 
@@ -214,7 +213,7 @@ def test_a_failed_first_write_leaves_an_empty_folder(
         Path(where).write_bytes(b"PAR1")
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(retail.pq, "write_table", broken)
+    monkeypatch.setattr(pq, "write_table", broken)
     with pytest.raises(OSError):
         load_online_retail(cases_csv, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
@@ -301,14 +300,6 @@ def test_reading_a_folder_without_data_names_the_missing_file(tmp_path: Path) ->
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture
-def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Rich hard-wraps at 80 columns when the output is not a terminal; these tests are about what our
-    # commands print, not about rich's line width (output.fail does not ask for soft wrapping).
-    monkeypatch.setenv("COLUMNS", "400")
-
-
-@pytest.mark.usefixtures("wide_console")
 def test_cli_load_with_a_bad_source_exits_2_with_a_one_line_message(tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv.gz"
     result = CliRunner().invoke(
@@ -323,7 +314,6 @@ def test_cli_load_with_a_bad_source_exits_2_with_a_one_line_message(tmp_path: Pa
     assert "Traceback" not in result.output
 
 
-@pytest.mark.usefixtures("wide_console")
 def test_cli_load_json_prints_the_figures_as_the_last_line(cases_csv: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["data", "load", "--source", str(cases_csv), "--out", str(tmp_path / "out"), "--json"]
@@ -337,7 +327,6 @@ def test_cli_load_json_prints_the_figures_as_the_last_line(cases_csv: Path, tmp_
     assert figures["events_path"] == str(tmp_path / "out" / EVENTS_FILE)
 
 
-@pytest.mark.usefixtures("wide_console")
 def test_cli_synth_rejects_a_scale_below_one_naming_the_option(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "synth", "--scale", "0", "--out", str(tmp_path / "out")])
 
@@ -345,7 +334,6 @@ def test_cli_synth_rejects_a_scale_below_one_naming_the_option(tmp_path: Path) -
     assert result.stderr.strip().splitlines() == ["error: --scale must be at least 1, got 0"]
 
 
-@pytest.mark.usefixtures("wide_console")
 def test_cli_synth_json_on_loaded_data(cases_csv: Path, tmp_path: Path) -> None:
     load_online_retail(cases_csv, tmp_path / "loaded")
     args = [
@@ -368,7 +356,6 @@ def test_cli_synth_json_on_loaded_data(cases_csv: Path, tmp_path: Path) -> None:
     assert read_events(tmp_path / "x3")["event_id"].is_unique
 
 
-@pytest.mark.usefixtures("wide_console")
 def test_cli_synth_without_loaded_data_names_the_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,

@@ -17,13 +17,14 @@ FIRST_DAY = np.datetime64("2009-12-01")
 LAST_DAY = np.datetime64("2010-12-09")
 
 
-def make_events(seed: int = 0, users: int = 200, items: int = 300, baskets: int = 1200) -> pd.DataFrame:
+def make_events(seed: int = 0, users: int = 600, items: int = 400, baskets: int = 2500) -> pd.DataFrame:
     """A wholesaler-like year: skewed users and items, favourite items bought again, an autumn peak,
     no Saturday trading. Small, but with the structure the generator must keep."""
     rng = np.random.default_rng(seed)
     days = np.arange(FIRST_DAY, LAST_DAY + 1)
-    month = days.astype("datetime64[M]").astype(int) % 12 + 1
-    weight = np.where(np.isin(month, [10, 11]), 3.0, 1.0) * (((days.astype(int) + 3) % 7) != 5)
+    # A smooth rise to a peak in late November (as in the real data), and no trade on Saturdays.
+    from_peak = (days - np.datetime64("2010-11-25")).astype(int)
+    weight = (1 + 2 * np.exp(-((from_peak / 45) ** 2))) * (((days.astype(int) + 3) % 7) != 5)
     item_popularity = 1 / np.arange(1, items + 1) ** 0.9
     user_activity = 1 / np.arange(1, users + 1) ** 0.7
     favourites = np.stack(
@@ -67,6 +68,14 @@ def catalog(events: pd.DataFrame) -> pd.DataFrame:
     return build_catalog(pa.Table.from_pandas(events, schema=EVENTS_SCHEMA, preserve_index=False)).to_pandas()
 
 
+@pytest.fixture(scope="module")
+def x3(
+    events: pd.DataFrame, catalog: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SyntheticReport, pd.DataFrame]:
+    """One x3 data set, shared by the tests that only read it."""
+    return generate(events, catalog, tmp_path_factory.mktemp("x3"), scale=3)
+
+
 def generate(
     events: pd.DataFrame, catalog: pd.DataFrame, out: Path, scale: int = 3, seed: int = 7
 ) -> tuple[SyntheticReport, pd.DataFrame]:
@@ -101,9 +110,9 @@ def test_shape_summary_on_a_hand_made_example() -> None:
 
 
 def test_scale_multiplies_the_size_and_keeps_the_shape(
-    events: pd.DataFrame, catalog: pd.DataFrame, tmp_path: Path
+    events: pd.DataFrame, x3: tuple[SyntheticReport, pd.DataFrame]
 ) -> None:
-    report, synthetic = generate(events, catalog, tmp_path / "x3", scale=3)
+    report, synthetic = x3
     real, fake = shape_summary(events), shape_summary(synthetic)
 
     assert fake["lines"] == 3 * real["lines"] == len(synthetic) == report.clean_rows
@@ -121,9 +130,9 @@ def test_scale_multiplies_the_size_and_keeps_the_shape(
 
 
 def test_whole_week_shifts_keep_weekdays_hours_and_the_time_range(
-    events: pd.DataFrame, catalog: pd.DataFrame, tmp_path: Path
+    events: pd.DataFrame, x3: tuple[SyntheticReport, pd.DataFrame]
 ) -> None:
-    _, synthetic = generate(events, catalog, tmp_path / "x3", scale=3)
+    _, synthetic = x3
 
     for field in ("dayofweek", "hour"):
         real_counts = getattr(events["timestamp"].dt, field).value_counts()
@@ -135,9 +144,9 @@ def test_whole_week_shifts_keep_weekdays_hours_and_the_time_range(
 
 
 def test_copies_have_their_own_ids_and_are_linked_by_swapped_items(
-    events: pd.DataFrame, catalog: pd.DataFrame, tmp_path: Path
+    events: pd.DataFrame, x3: tuple[SyntheticReport, pd.DataFrame]
 ) -> None:
-    report, synthetic = generate(events, catalog, tmp_path / "x3", scale=3)
+    report, synthetic = x3
     n = len(events)
     first, second = synthetic.iloc[:n], synthetic.iloc[n : 2 * n].reset_index(drop=True)
 
@@ -171,9 +180,9 @@ def test_an_item_copy_keeps_the_description_of_its_original(
 def test_the_same_seed_gives_the_same_data_and_another_seed_does_not(
     events: pd.DataFrame, catalog: pd.DataFrame, tmp_path: Path
 ) -> None:
-    _, once = generate(events, catalog, tmp_path / "a", seed=11)
-    _, again = generate(events, catalog, tmp_path / "b", seed=11)
-    _, other = generate(events, catalog, tmp_path / "c", seed=12)
+    _, once = generate(events, catalog, tmp_path / "a", scale=2, seed=11)
+    _, again = generate(events, catalog, tmp_path / "b", scale=2, seed=11)
+    _, other = generate(events, catalog, tmp_path / "c", scale=2, seed=12)
 
     pd.testing.assert_frame_equal(once, again)
     assert not once["item_id"].equals(other["item_id"])
