@@ -57,8 +57,8 @@ def item_records(events: pd.DataFrame) -> list[ItemFeatures]:
             "buyers": grouped["user_id"].nunique(),
             "units": grouped["quantity"].sum(),
             "revenue": (events["price"] * events["quantity"]).groupby(events["item_id"]).sum(),
-            "first": grouped["timestamp"].min(),
-            "last": grouped["timestamp"].max(),
+            "first_seen": grouped["timestamp"].min(),
+            "last_seen": grouped["timestamp"].max(),
             **{
                 f"pop{days}": (ts >= as_of - pd.Timedelta(days=days)).groupby(events["item_id"]).sum()
                 for days in (7, 30, 90)
@@ -81,8 +81,8 @@ def item_records(events: pd.DataFrame) -> list[ItemFeatures]:
             distinct_buyers=int(row.buyers),
             repurchase_rate=float(row.repurchase),
             trend=float(row.pop7 * 30 / 7 / max(row.pop30, 1)),
-            first_seen_ms=_ms(row.first),
-            last_seen_ms=_ms(row.last),
+            first_seen_ms=_ms(row.first_seen),
+            last_seen_ms=_ms(row.last_seen),
             as_of_ms=as_of_ms,
             units_sold=int(row.units),
             revenue=float(row.revenue),
