@@ -99,6 +99,19 @@ class LocalService(ABC):
         if self.running_pid() is not None:
             return self._wait_healthy()
         if _port_open(host, port):
+            try:
+                version = self.probe()
+            except Exception:
+                pass
+            else:  # the right kind of server already answers there (another checkout's stack, say)
+                return ServiceStatus(
+                    self.name,
+                    self.address_text,
+                    None,
+                    version,
+                    True,
+                    "answering, but not started by this stack",
+                )
             raise StackError(
                 f"{self.name}: port {port} on {host} is already taken by another process; "
                 f"stop it or set {self.setting_name} to a free port"
