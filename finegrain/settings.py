@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +56,23 @@ class Settings(BaseSettings):
         DEFAULT_SOURCE_CSV, description="The Online Retail II CSV (gzip) that `finegrain data load` reads."
     )
 
+    @model_validator(mode="after")
+    def _addresses_parse(self) -> Settings:
+        """Fail at start-up, naming the variable, rather than at first use deep inside a client."""
+        for variable, address in (
+            ("FINEGRAIN_REDIS_URL", self.redis_address),
+            ("FINEGRAIN_MONGO_URI", self.mongo_address),
+            ("FINEGRAIN_ZOOKEEPER_HOSTS", self.zookeeper_address),
+            ("FINEGRAIN_KAFKA_BOOTSTRAP_SERVERS", self.kafka_address),
+        ):
+            try:
+                _, port = address()
+            except ValueError as exc:
+                raise ValueError(f"{variable}: {exc}") from None
+            if not 0 < port < 65536:
+                raise ValueError(f"{variable}: port {port} is outside 1-65535")
+        return self
+
     @property
     def data_dir(self) -> Path:
         """Where loaded and generated data sets (Parquet) are written."""
@@ -89,6 +106,8 @@ def _split_host_port(text: str, default_port: int) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host:
         return text or "127.0.0.1", default_port
+    if not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
     return host, int(port)
 
 

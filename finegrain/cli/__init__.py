@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import typer
+from pydantic import ValidationError
 
 from finegrain.cli import bench, data, jobs, settings_cmd, stack
+from finegrain.cli.output import err_console
 
 app = typer.Typer(
     help="Finegrain: self-hosted, fine-grained recommendations. Every command reads FINEGRAIN_* settings.",
@@ -20,4 +22,9 @@ app.command("settings")(settings_cmd.show_settings)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ValidationError as exc:  # a FINEGRAIN_* variable that cannot be used
+        reasons = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+        err_console.print(f"[bold red]error:[/] bad setting: {reasons}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None

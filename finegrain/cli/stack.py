@@ -64,7 +64,7 @@ def status(only: OnlyOption = None, json: JsonOption = False) -> None:
 
 def _report(statuses: list[ServiceStatus], as_json: bool) -> None:
     rows = [
-        (s.name, s.address, s.pid or "-", s.version, "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail)
+        (s.name, s.address, str(s.pid or "-"), s.version, "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail)
         for s in statuses
     ]
     console.print(

@@ -117,9 +117,12 @@ class LocalService(ABC):
                 f"stop it or set {self.setting_name} to a free port"
             )
         self.check_installed()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.pidfile.unlink(missing_ok=True)
-        self.launch()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.pidfile.unlink(missing_ok=True)
+            self.launch()
+        except OSError as exc:
+            raise StackError(f"{self.name}: cannot start: {exc}") from None
         return self._wait_healthy()
 
     def down(self) -> bool:
@@ -210,7 +213,7 @@ def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.3):
             return True
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: a port number outside 0-65535
         return False
 
 

@@ -29,7 +29,7 @@ class RedisService(LocalService):
     def launch(self) -> None:
         host, port = self.address
         # Snapshots are kept (the default save rules) so a restarted local stack keeps its data.
-        subprocess.run(
+        result = subprocess.run(
             [
                 "redis-server",
                 "--bind",
@@ -47,9 +47,13 @@ class RedisService(LocalService):
                 "--protected-mode",
                 "no",
             ],
-            check=True,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if result.returncode != 0:  # it failed before daemonising, so before writing its log file
+            reason = (result.stdout + result.stderr).strip().splitlines()
+            raise StackError(f"redis: redis-server refused to start: {reason[-1] if reason else 'no output'}")
 
     def probe(self) -> str:
         host, port = self.address

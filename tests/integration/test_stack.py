@@ -137,3 +137,37 @@ def test_an_unknown_service_name_is_refused() -> None:
     result = _cli("stack", "status", "--only", "postgres")
     assert result.returncode == 2
     assert "unknown service postgres" in result.stderr
+
+
+def test_a_server_that_cannot_start_gives_a_one_line_reason(tmp_path: Path) -> None:
+    # The data folder redis must chdir into is a file: redis-server exits at once.
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / "redis").write_text("not a folder")
+    result = _cli(
+        "stack",
+        "up",
+        "--only",
+        "redis",
+        env={
+            "FINEGRAIN_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0",
+            "FINEGRAIN_VAR_DIR": str(tmp_path),
+        },
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error: redis: cannot start" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_address_setting_names_the_variable(tmp_path: Path) -> None:
+    result = _cli(
+        "stack",
+        "up",
+        "--only",
+        "redis",
+        env={"FINEGRAIN_REDIS_URL": "redis://127.0.0.1:70000/0", "FINEGRAIN_VAR_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "FINEGRAIN_REDIS_URL" in result.stderr and "out of range" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
