@@ -64,8 +64,7 @@ def status(only: OnlyOption = None, json: JsonOption = False) -> None:
 
 def _report(statuses: list[ServiceStatus], as_json: bool) -> None:
     rows = [
-        (s.name, s.address, str(s.pid or "-"), s.version, "[green]yes[/]" if s.healthy else "[red]no[/]", s.detail)
-        for s in statuses
+        (s.name, s.address, str(s.pid or "-"), s.version, _healthy(s.healthy), s.detail) for s in statuses
     ]
     console.print(
         summary_table("Local stack", rows, ["service", "address", "PID", "version", "healthy", "note"])
@@ -77,3 +76,7 @@ def _report(statuses: list[ServiceStatus], as_json: bool) -> None:
                 for s in statuses
             }
         )
+
+
+def _healthy(healthy: bool) -> str:
+    return "[green]yes[/]" if healthy else "[red]no[/]"
