@@ -9,6 +9,7 @@ deletes what it wrote and the current version stays untouched.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -91,6 +92,19 @@ class BatchJob(ABC):
     @abstractmethod
     def run(self, ctx: JobContext) -> JobResult:
         """Build the whole new version, switch the pointer, prune old versions."""
+
+
+def registry() -> dict[str, str]:
+    """Job name -> "module:class", from `spark_jobs.JOBS` (imported lazily: listing needs no Spark)."""
+    from spark_jobs import JOBS
+
+    return JOBS
+
+
+def load_job(name: str) -> BatchJob:
+    module_name, class_name = registry()[name].split(":")
+    job: BatchJob = getattr(importlib.import_module(module_name), class_name)()
+    return job
 
 
 def run_jobs(

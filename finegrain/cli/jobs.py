@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,7 @@ import typer
 
 from finegrain.cli.output import console, fail, print_json_line, summary_table
 from finegrain.errors import FinegrainError
-from finegrain.jobs import RESULT_COLUMNS, BatchJob, parse_as_of, result_row, run_jobs
+from finegrain.jobs import RESULT_COLUMNS, load_job, parse_as_of, registry, result_row, run_jobs
 from finegrain.settings import get_settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset
@@ -19,18 +18,6 @@ from finegrain.storage.datasets import rollback_dataset
 from finegrain.storage.redis_versions import RedisVersions
 
 app = typer.Typer(help="Offline batch jobs (Spark) and the versions of what they built.")
-
-
-def registry() -> dict[str, str]:
-    from spark_jobs import JOBS
-
-    return JOBS
-
-
-def load_job(name: str) -> BatchJob:
-    module_name, class_name = registry()[name].split(":")
-    job: BatchJob = getattr(importlib.import_module(module_name), class_name)()
-    return job
 
 
 @app.command("list")

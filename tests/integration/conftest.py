@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from pyspark.sql import SparkSession
 
 from finegrain.data.retail import load_online_retail
@@ -17,7 +18,9 @@ from finegrain.spark import spark_session
 from finegrain.stack import ServiceStatus, services
 from finegrain.storage.clients import mongo_client, redis_client
 
-REDIS_TEST_DB = 13
+# Redis databases the test sessions may claim, one each, so runs side by side don't flush each other.
+REDIS_TEST_DBS = range(3, 16)
+CLAIM_KEY = "finegrain:test-session"
 
 
 @pytest.fixture(scope="session")
@@ -31,19 +34,31 @@ def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
     base = get_settings()
     run = uuid.uuid4().hex[:8]
     host, port = base.redis_address()
+    redis_db = _claim_redis_db(host, port, run)
     test_settings = base.model_copy(
         update={
             "mongo_database": f"finegrain_test_{run}",
-            "redis_url": f"redis://{host}:{port}/{REDIS_TEST_DB}",
+            "redis_url": f"redis://{host}:{port}/{redis_db}",
             "zookeeper_root": f"/finegrain_test_{run}",
             "kafka_topic_prefix": f"fgtest_{run}",
         }
     )
-    redis_client(test_settings).flushdb()
     yield test_settings
+    redis_client(test_settings).flushdb()
     client = mongo_client(test_settings)
     client.drop_database(test_settings.mongo_database)
     client.close()
+
+
+def _claim_redis_db(host: str, port: int, run: str) -> int:
+    """An empty Redis database no other test session holds; the claim expires if a session dies."""
+    for db in REDIS_TEST_DBS:
+        client = redis.Redis(host=host, port=port, db=db)
+        if client.set(CLAIM_KEY, run, nx=True, ex=3 * 3600):
+            client.flushdb()  # leftovers of a session that died before its clean-up
+            client.set(CLAIM_KEY, run, ex=3 * 3600)
+            return db
+    raise RuntimeError(f"every Redis test database {REDIS_TEST_DBS} is claimed by another test session")
 
 
 @pytest.fixture(scope="session")
