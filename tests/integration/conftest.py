@@ -16,7 +16,7 @@ from finegrain.data.retail import load_online_retail
 from finegrain.settings import Settings, get_settings
 from finegrain.spark import spark_session
 from finegrain.stack import ServiceStatus, services
-from finegrain.storage.clients import mongo_client, redis_client
+from finegrain.storage.clients import mongo_client, redis_client, zookeeper_client
 
 # Redis databases the test sessions may claim, one each, so runs side by side don't flush each other.
 REDIS_TEST_DBS = range(3, 16)
@@ -45,6 +45,9 @@ def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
     )
     yield test_settings
     redis_client(test_settings).flushdb()
+    zk = zookeeper_client(test_settings)
+    zk.delete(test_settings.zookeeper_root, recursive=True)
+    zk.stop()
     client = mongo_client(test_settings)
     client.drop_database(test_settings.mongo_database)
     client.close()
