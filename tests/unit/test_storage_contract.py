@@ -60,6 +60,8 @@ def test_key_names() -> None:
     assert RedisKeys.pointer(Dataset.FEATURES) == "fg:ptr:features"
     assert RedisKeys.user_profile("20101209T000000", "13085") == "fg:features:20101209T000000:user:13085"
     assert RedisKeys.item_feature_block("v1", 3) == "fg:features:v1:items:3"
+    assert RedisKeys.item_feature_block_count("v1") == "fg:features:v1:item_blocks"
+    assert RedisKeys.index_directory("v1", "term") == "fg:index:v1:directory:term"
     assert RedisKeys.index_postings("v1", "term", "lights") == "fg:index:v1:term:lights"
     assert RedisKeys.similar_items("v1", "swing", "85048") == "fg:similarity:v1:swing:85048"
     assert RedisKeys.popular_items("v1", "country", "France") == "fg:popularity:v1:country:France"
@@ -85,6 +87,9 @@ def test_docs_name_every_key_collection_path_and_topic(project_root: Path) -> No
         "fg:ptr:{dataset}",
         "fg:features:{version}:user:{user_id}",
         "fg:features:{version}:items:{block}",
+        "fg:features:{version}:item_blocks",
+        "fg:index:{version}:directory:{field}",
+        "fg:versions:{dataset}",
         "fg:index:{version}:{field}:{value}",
         "fg:similarity:{version}:{algorithm}:{item_id}",
         "fg:popularity:{version}:{scope}:{value}",
