@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import pandas as pd
 import typer
 from google.protobuf.json_format import MessageToDict
@@ -31,114 +30,23 @@ from google.protobuf.message import Message
 
 from finegrain.cli.output import console, print_json_line, summary_table
 from finegrain.codecs import encode
-from finegrain.data.retail import EVENTS_FILE, load_online_retail, read_events
-from finegrain.features.text import description_terms
-from finegrain.schemas import (
-    BehaviorEvent,
-    EventType,
-    ItemFeatures,
-    PurchaseHistory,
-    UserProfile,
-    WindowStats,
-)
+from finegrain.data.retail import EVENTS_FILE, load_online_retail, read_catalog, read_events
+from finegrain.features.catalog import item_attributes_frame
+from finegrain.features.item import item_features
+from finegrain.features.user import ItemLookup, user_profiles
+from finegrain.schemas import BehaviorEvent, EventType, ItemFeatures, UserProfile
 from finegrain.settings import get_settings
 
-EPOCH = pd.Timestamp(0, tz="UTC")
 
-
-def item_records(events: pd.DataFrame) -> list[ItemFeatures]:
-    as_of = events["timestamp"].max() + pd.Timedelta(days=1)
-    ts = events["timestamp"]
-    grouped = events.groupby("item_id")
-    stats = pd.DataFrame(
-        {
-            "description": grouped["description"].agg(lambda s: s.mode().iat[0]),
-            "price": grouped["price"].median(),
-            "buyers": grouped["user_id"].nunique(),
-            "units": grouped["quantity"].sum(),
-            "revenue": (events["price"] * events["quantity"]).groupby(events["item_id"]).sum(),
-            "first_seen": grouped["timestamp"].min(),
-            "last_seen": grouped["timestamp"].max(),
-            **{
-                f"pop{days}": (ts >= as_of - pd.Timedelta(days=days)).groupby(events["item_id"]).sum()
-                for days in (7, 30, 90)
-            },
-        }
-    )
-    repeat_days = events.assign(day=ts.dt.floor("D")).groupby(["item_id", "user_id"])["day"].nunique()
-    stats["repurchase"] = (repeat_days > 1).groupby(level=0).mean()
-    as_of_ms = int(as_of.value // 1_000_000)
-    return [
-        ItemFeatures(
-            item_id=item_id,
-            description=row.description,
-            price=float(row.price),
-            price_band=int(np.clip(np.log2(max(row.price, 0.01)) + 4, 0, 9)),
-            terms=description_terms(row.description),
-            popularity_7d=int(row.pop7),
-            popularity_30d=int(row.pop30),
-            popularity_90d=int(row.pop90),
-            distinct_buyers=int(row.buyers),
-            repurchase_rate=float(row.repurchase),
-            trend=float(row.pop7 * 30 / 7 / max(row.pop30, 1)),
-            first_seen_ms=_ms(row.first_seen),
-            last_seen_ms=_ms(row.last_seen),
-            as_of_ms=as_of_ms,
-            units_sold=int(row.units),
-            revenue=float(row.revenue),
-            version="bench",
-        )
-        for item_id, row in stats.iterrows()
-    ]
-
-
-def user_records(events: pd.DataFrame) -> list[UserProfile]:
-    as_of = events["timestamp"].max() + pd.Timedelta(days=1)
-    as_of_ms = _ms(as_of)
-    events = events.assign(spend=events["price"] * events["quantity"], day=events["timestamp"].dt.floor("D"))
-    records = []
-    for user_id, lines in events.groupby("user_id", sort=True):
-        per_item = lines.groupby("item_id").agg(
-            times=("invoice", "nunique"), last=("timestamp", "max"), quantity=("quantity", "sum")
-        )
-        baskets = lines["invoice"].nunique()
-        windows = []
-        for days in (7, 30, 90, 365):
-            recent = lines[lines["timestamp"] >= as_of - pd.Timedelta(days=days)]
-            windows.append(
-                WindowStats(
-                    days=days,
-                    baskets=recent["invoice"].nunique(),
-                    lines=len(recent),
-                    spend=float(recent["spend"].sum()),
-                )
-            )
-        spend = float(lines["spend"].sum())
-        records.append(
-            UserProfile(
-                user_id=str(user_id),
-                as_of_ms=as_of_ms,
-                country=lines["country"].iat[0],
-                purchase_lines=len(lines),
-                baskets=baskets,
-                distinct_items=len(per_item),
-                total_spend=spend,
-                avg_basket_value=spend / baskets,
-                avg_basket_size=len(lines) / baskets,
-                avg_item_price=float(lines["price"].mean()),
-                days_since_last_purchase=int((as_of - lines["timestamp"].max()).days),
-                days_since_first_purchase=int((as_of - lines["timestamp"].min()).days),
-                windows=windows,
-                history=PurchaseHistory(
-                    item_ids=per_item.index.tolist(),
-                    times_bought=per_item["times"].tolist(),
-                    last_bought_day=((per_item["last"] - EPOCH) // pd.Timedelta(days=1)).tolist(),
-                    quantity=per_item["quantity"].astype(float).tolist(),
-                ),
-                version="bench",
-            )
-        )
-    return records
+def feature_records(
+    events: pd.DataFrame, catalog: pd.DataFrame
+) -> tuple[list[ItemFeatures], list[UserProfile]]:
+    """The real feature records of the features job, as of the day after the last event."""
+    as_of = events["timestamp"].max().normalize() + pd.Timedelta(days=1)
+    attributes = item_attributes_frame(catalog)
+    items = item_features(events, as_of, attributes, version="bench")
+    users = list(user_profiles(events, as_of, ItemLookup.from_attributes(attributes), version="bench"))
+    return items, users
 
 
 def event_records(events: pd.DataFrame, limit: int = 50_000) -> list[BehaviorEvent]:
@@ -280,12 +188,10 @@ def main(
         if not path.exists():
             load_online_retail(settings.source_csv, path.parent)
         events = read_events(path)
-    with console.status("building records ..."):
-        kinds = {
-            "item catalogue": item_records(events),
-            "user summaries": user_records(events),
-            "purchase events": event_records(events),
-        }
+        catalog = read_catalog(path.parent)
+    with console.status("building records with the features job's definitions ..."):
+        items, users = feature_records(events, catalog)
+        kinds = {"item catalogue": items, "user summaries": users, "purchase events": event_records(events)}
     results = []
     for kind, messages in kinds.items():
         with console.status(f"timing {kind} ({len(messages):,} records, {rounds} rounds) ..."):

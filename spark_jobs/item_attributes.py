@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from finegrain.features.catalog import categories, price_band
-from finegrain.features.text import description_terms
+from finegrain.features.catalog import item_attributes_frame
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -34,12 +31,5 @@ def item_attributes(events: DataFrame) -> DataFrame:
     prices = events.groupBy("item_id").agg(F.percentile_approx("price", 0.5, 10_000).alias("price"))
     # A few thousand rows (tens of thousands at 10x): the category needs corpus-wide counts, so it is
     # computed on the driver with the same functions serving uses.
-    frame = prices.join(descriptions, "item_id", "left").toPandas()
-    frame["description"] = frame["description"].fillna("")
-    frame["category"] = categories(frame["description"])
-    frame["price_band"] = [price_band(p) for p in frame["price"]]
-    frame["terms"] = [description_terms(d) for d in frame["description"]]
-    spark = events.sparkSession
-    return spark.createDataFrame(
-        pd.DataFrame(frame[["item_id", "description", "price", "category", "price_band", "terms"]])
-    )
+    frame = item_attributes_frame(prices.join(descriptions, "item_id", "left").toPandas())
+    return events.sparkSession.createDataFrame(frame)

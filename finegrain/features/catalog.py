@@ -16,6 +16,8 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable
 
+import pandas as pd
+
 from finegrain.features.text import description_terms
 
 MIN_CATEGORY_ITEMS = 5
@@ -101,3 +103,20 @@ def price_band(price: float) -> int:
 def price_band_label(band: int) -> str:
     low = 0.0 if band == 0 else PRICE_BAND_EDGES_GBP[band - 1]
     return f"£{low:g}+" if band >= len(PRICE_BAND_EDGES_GBP) else f"£{low:g}-{PRICE_BAND_EDGES_GBP[band]:g}"
+
+
+def item_attributes_frame(items: pd.DataFrame) -> pd.DataFrame:
+    """item_id, description, price -> the same plus category, price_band and terms (one row per item).
+
+    Categories need counts over the whole catalogue, so this runs on every item at once."""
+    descriptions = items["description"].fillna("").astype(str)
+    return pd.DataFrame(
+        {
+            "item_id": items["item_id"].astype(str).to_numpy(),
+            "description": descriptions.to_numpy(),
+            "price": items["price"].astype(float).to_numpy(),
+            "category": categories(descriptions),
+            "price_band": [price_band(p) for p in items["price"]],
+            "terms": [description_terms(d) for d in descriptions],
+        }
+    )
