@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from finegrain.cli import bench, data, jobs, settings_cmd, stack
+from finegrain.cli import bench, data, evaluate, jobs, settings_cmd, stack
 from finegrain.cli.output import err_console
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(bench.app, name="bench")
 app.command("settings")(settings_cmd.show_settings)
 

@@ -1,0 +1,1 @@
+"""Recall channels: each turns a user (or an item) into tagged candidates, offline and in serving."""
