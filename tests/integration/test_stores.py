@@ -36,7 +36,10 @@ def test_redis_keeps_protobuf_bytes(settings: Settings) -> None:
 
 
 def test_mongo_versions_switch_and_keep_one_for_rollback(settings: Settings) -> None:
-    versions = MongoVersions(mongo_database(settings))
+    # A database of its own: the features job's tests keep versions of the same dataset.
+    own = settings.model_copy(update={"mongo_database": f"{settings.mongo_database}_versions"})
+    database = mongo_database(own)
+    versions = MongoVersions(database)
     for n, version in enumerate(["v1", "v2", "v3"], start=1):
         assert (
             versions.write(Dataset.FEATURES, version, ({"_id": str(i), "n": n} for i in range(12_000)))
@@ -51,6 +54,7 @@ def test_mongo_versions_switch_and_keep_one_for_rollback(settings: Settings) -> 
     with pytest.raises(ValueError, match="never written"):
         versions.switch(Dataset.FEATURES, "v9")
     assert versions.current(Dataset.FEATURES) == "v3"
+    database.client.drop_database(own.mongo_database)
 
 
 def test_catalog_publish_writes_a_new_version_and_switches(settings: Settings) -> None:
