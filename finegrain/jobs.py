@@ -103,7 +103,11 @@ def registry() -> dict[str, str]:
 
 def load_job(name: str) -> BatchJob:
     module_name, class_name = registry()[name].split(":")
-    job: BatchJob = getattr(importlib.import_module(module_name), class_name)()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise JobError(f"the {name} job ({module_name}) cannot be imported: {exc}") from None
+    job: BatchJob = getattr(module, class_name)()
     return job
 
 

@@ -9,7 +9,6 @@ bar plot into a report folder.
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import typer
 from finegrain.cli.output import console, fail, print_json_line, summary_table
 from finegrain.errors import DataError, FinegrainError
 from finegrain.evaluation.protocol import DEFAULT_KS, SPLIT_DATE, EvaluationSplit, build_split, load_events
-from finegrain.jobs import RESULT_COLUMNS, BatchJob, JobError, JobResult, parse_as_of, result_row, run_jobs
+from finegrain.jobs import RESULT_COLUMNS, JobError, JobResult, load_job, parse_as_of, result_row, run_jobs
 from finegrain.recall.item_to_item import (
     ItemToItemConfig,
     NeighbourMatrix,
@@ -109,32 +108,30 @@ class ChannelEvaluation:
         }
 
 
-def load_job(name: str) -> BatchJob:
-    from spark_jobs import JOBS
-
-    module_name, class_name = JOBS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise JobError(f"the {name} job ({module_name}) cannot be imported: {exc}") from None
-    job: BatchJob = getattr(module, class_name)()
-    return job
-
-
 def is_built_for(version: str | None, as_of: date) -> bool:
     """Versions are named `<as-of YYYYMMDD>-<build time>` (finegrain.jobs.version_for)."""
     return version is not None and version.startswith(f"{as_of:%Y%m%d}-")
 
 
 def ensure_datasets(settings: Settings, as_of: date, events_path: Path, *, rebuild: bool = False,
-                    spark: SparkSession | None = None, step: Step | None = None
-                    ) -> tuple[dict[str, str], list[JobResult]]:
+                    spark: SparkSession | None = None, step: Step | None = None,
+                    replace_newer: bool = False) -> tuple[dict[str, str], list[JobResult]]:
     """The current popularity and similarity versions, after running the jobs whose current version
-    was not built for `as_of` (all of them with `rebuild`)."""
+    was not built for `as_of` (all of them with `rebuild`). Refuses to replace a version built as of a
+    later date (what serving would be reading) unless `replace_newer`."""
     versions = RedisVersions(redis_client(settings))
     stale = [dataset for dataset in DATASET_JOBS
              if rebuild or not is_built_for(versions.current(dataset), as_of)]
     results: list[JobResult] = []
+    newer = [f"{dataset} ({versions.current(dataset)})" for dataset in stale
+             if (versions.current(dataset) or "")[:8] > f"{as_of:%Y%m%d}" and not replace_newer]
+    if newer:
+        raise JobError(
+            f"{', '.join(newer)} here {'is' if len(newer) == 1 else 'are'} built as of a later date than "
+            f"{as_of}: rebuilding would switch serving back to older data. Evaluate in a namespace of its "
+            "own (e.g. FINEGRAIN_REDIS_URL=redis://127.0.0.1:16379/1 FINEGRAIN_MONGO_DATABASE=finegrain_eval "
+            "FINEGRAIN_ZOOKEEPER_ROOT=/finegrain_eval), or pass --replace-newer"
+        )
     if stale:
         names = [DATASET_JOBS[dataset] for dataset in stale]
         if step:
@@ -176,7 +173,7 @@ def item_to_item_ranking(neighbours: NeighbourMatrix, split: EvaluationSplit, k:
 
 def evaluate_channels(settings: Settings, as_of: date, events_path: Path, *, rebuild: bool = False,
                       spark: SparkSession | None = None, config: ItemToItemConfig | None = None,
-                      step: Step | None = None) -> ChannelEvaluation:
+                      step: Step | None = None, replace_newer: bool = False) -> ChannelEvaluation:
     """Build what is missing, then evaluate MostPop and item-to-item (cosine, Swing) on both variants."""
     started = time.perf_counter()
     say = step or (lambda _: None)
@@ -184,7 +181,8 @@ def evaluate_channels(settings: Settings, as_of: date, events_path: Path, *, reb
     if not events_path.exists():
         raise DataError(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
     say("checking the popularity and similarity versions in Redis")
-    versions, rebuilt = ensure_datasets(settings, as_of, events_path, rebuild=rebuild, spark=spark, step=say)
+    versions, rebuilt = ensure_datasets(settings, as_of, events_path, rebuild=rebuild, spark=spark, step=say,
+                                        replace_newer=replace_newer)
     say(f"reading events from {events_path}")
     events = load_events(events_path)
     k = max(DEFAULT_KS)
@@ -305,6 +303,9 @@ def channels(
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Run the popularity and similarity jobs even if versions built as of this date "
         "exist (e.g. after changing --events).")] = False,
+    replace_newer: Annotated[bool, typer.Option(
+        "--replace-newer", help="Allow rebuilding datasets whose current version is built as of a later date "
+        "(what serving reads); without it the command refuses and suggests a namespace of its own.")] = False,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where to write evaluation.md/.png/"
                                                     ".json (default: <var dir>/reports/evaluation-<as-of>).",
                                                     show_default=False)] = None,
@@ -321,7 +322,8 @@ def channels(
 
     try:
         date_ = parse_as_of(as_of)
-        evaluation = evaluate_channels(settings, date_, events_path, rebuild=rebuild, step=step)
+        evaluation = evaluate_channels(settings, date_, events_path, rebuild=rebuild, step=step,
+                                       replace_newer=replace_newer)
     except FinegrainError as exc:
         raise fail(str(exc)) from None
     if evaluation.rebuilt:

@@ -107,3 +107,17 @@ def test_command_refuses_a_bad_date_and_a_missing_events_file(
     missing = CliRunner().invoke(root, ["evaluate", "channels", "--events", str(tmp_path / "none.parquet")])
     assert missing.exit_code == 2
     assert "no events at" in missing.output
+
+
+def test_an_earlier_split_refuses_to_replace_newer_datasets(
+        evaluation: ChannelEvaluation, settings: Settings, retail_data: Path) -> None:
+    from datetime import date
+
+    from finegrain.cli.evaluate import ensure_datasets
+    from finegrain.jobs import JobError
+
+    before = dict(evaluation.versions)
+    with pytest.raises(JobError, match="built as of a later date than 2010-10-01"):
+        ensure_datasets(settings, date(2010, 10, 1), retail_data / "events.parquet")
+    versions = RedisVersions(redis_client(settings))
+    assert {str(d): versions.current(d) for d in (Dataset.POPULARITY, Dataset.SIMILARITY)} == before
