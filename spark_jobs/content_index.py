@@ -36,17 +36,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from finegrain.features.catalog import COLOUR_AND_PATTERN_WORDS, OTHER_CATEGORY
-from finegrain.jobs import BatchJob, JobContext, JobError, JobResult, job_main
+from finegrain.jobs import (
+    BatchJob,
+    JobContext,
+    JobError,
+    JobResult,
+    Stopwatch,
+    ensure_new_version,
+    fail_cleanly,
+    job_main,
+    verify_written,
+)
 from finegrain.storage.contract import Dataset, RedisKeys
 from finegrain.storage.datasets import switch_dataset
 from spark_jobs.popularity import (
     ListWriter,
-    Stopwatch,
-    ensure_new_version,
-    fail_cleanly,
     item_popularity,
     ranked_lists,
-    verify_written,
     write_lists,
 )
 

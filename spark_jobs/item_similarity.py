@@ -61,10 +61,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from finegrain.jobs import BatchJob, JobContext, JobError, JobResult, job_main
+from finegrain.jobs import (
+    BatchJob,
+    JobContext,
+    JobError,
+    JobResult,
+    ensure_new_version,
+    fail_cleanly,
+    job_main,
+)
 from finegrain.storage.contract import Dataset, RedisKeys
 from finegrain.storage.lists import scored_list
-from finegrain.storage.redis_versions import WRITE_BATCH, RedisVersions
+from finegrain.storage.redis_versions import WRITE_BATCH
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -281,19 +289,14 @@ class ItemSimilarityJob(BatchJob):
         from finegrain.storage.clients import redis_client
         from finegrain.storage.datasets import switch_dataset
 
+        ensure_new_version(ctx.settings, self.dataset, ctx.version)
         client = redis_client(ctx.settings)
-        versions = RedisVersions(client)
-        if ctx.version in versions.history(self.dataset):
-            raise JobError(f"{self.dataset} version {ctx.version} is already published; start the run again "
-                           "(versions are named after the build time, to the second)")
         try:
             result, item_ids = self._build(ctx)
             self.verify(client, ctx.version, item_ids)
             result.previous_version = switch_dataset(ctx.settings, self.dataset, ctx.version)
         except BaseException:
-            # Only what this run wrote goes: a published version (served or kept for rollback) stays.
-            if ctx.version not in versions.history(self.dataset):
-                versions.delete_version(self.dataset, ctx.version)
+            fail_cleanly(ctx.settings, self.dataset, ctx.version)
             raise
         finally:
             client.close()

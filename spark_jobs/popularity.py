@@ -23,7 +23,17 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from finegrain.features.catalog import OTHER_CATEGORY
-from finegrain.jobs import BatchJob, JobContext, JobError, JobResult, job_main
+from finegrain.jobs import (
+    BatchJob,
+    JobContext,
+    JobError,
+    JobResult,
+    Stopwatch,
+    ensure_new_version,
+    fail_cleanly,
+    job_main,
+    verify_written,
+)
 from finegrain.settings import Settings
 from finegrain.storage.contract import Dataset, RedisKeys
 from finegrain.storage.datasets import switch_dataset
@@ -111,21 +121,6 @@ def ranked_lists(rows: DataFrame, group: list[str], max_items: Column | int | No
     return rows.groupBy(*group).agg(items.alias("items"))
 
 
-class Stopwatch:
-    """Seconds per phase of a job, logged as each ends and reported in the job's details."""
-
-    def __init__(self, job: str) -> None:
-        self.job = job
-        self.phases: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.phases[phase] = round(now - self._last, 2)
-        self._last = now
-        log.info("%s: %s done in %.1f s", self.job, phase, self.phases[phase])
-
-
 @dataclass(frozen=True)
 class ListWriter:
     """Writes ranked lists from the executors: one Redis client per partition, pipelined writes.
@@ -160,54 +155,6 @@ def write_lists(lists: DataFrame, writer: ListWriter) -> int:
     rdd = lists.select("redis_key", "logical_key", "items").rdd
     return int(rdd.mapPartitions(lambda rows: writer.write_partition(
         (row["redis_key"], row["logical_key"], row["items"]) for row in rows)).sum())
-
-
-def verify_written(settings: Settings, keys: list[str]) -> None:
-    """Check that every key a version should have is in Redis before switching serving to it: a task
-    that wrote nowhere (or to another server) must fail the job, not leave holes in what is served."""
-    from finegrain.storage.clients import redis_client
-
-    client = redis_client(settings)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.exists(key)
-        missing = [key for key, found in zip(keys, pipe.execute(), strict=True) if not found]
-    finally:
-        client.close()
-    if missing:
-        raise JobError(f"{len(missing)} of {len(keys)} lists missing after the write, e.g. {missing[0]}")
-
-
-def ensure_new_version(settings: Settings, dataset: Dataset, version: str) -> None:
-    """Refuse to build into a version that was already published (two runs started in the same
-    second get the same name): writing there would change lists that are served or kept for rollback."""
-    from finegrain.storage.clients import redis_client
-    from finegrain.storage.redis_versions import RedisVersions
-
-    client = redis_client(settings)
-    try:
-        published = version in RedisVersions(client).history(dataset)
-    finally:
-        client.close()
-    if published:
-        raise JobError(f"{dataset} version {version} is already published; start the run again "
-                       "(versions are named after the build time, to the second)")
-
-
-def fail_cleanly(settings: Settings, dataset: Dataset, version: str) -> None:
-    """Delete a partial version after a failure before its switch, so nothing half-built lingers; a
-    version that was published (current or kept for rollback) is never touched."""
-    from finegrain.storage.clients import redis_client
-    from finegrain.storage.redis_versions import RedisVersions
-
-    client = redis_client(settings)
-    try:
-        versions = RedisVersions(client)
-        if version not in versions.history(dataset):
-            versions.delete_version(dataset, version)
-    finally:
-        client.close()
 
 
 class PopularityJob(BatchJob):
