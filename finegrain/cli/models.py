@@ -1,0 +1,196 @@
+"""`finegrain models`: the model registry and what serving is told to load (ZooKeeper).
+
+Exit codes: 0 done, 1 a publish or rollback refused (by the quality gate or a pin: the version stays
+registered, the reason is printed), 2 an error (unknown model, corrupt artifact, unreachable store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.errors import FinegrainError
+from finegrain.settings import get_settings
+from models.publishing import DEFAULT_TOLERANCE, ModelPublisher, ModelStatus, PublishResult
+from models.registry import ModelEntry, ModelRegistry
+
+app = typer.Typer(help="Model versions: list, show, publish behind the quality gate, roll back, pin.",
+                  no_args_is_help=True)
+
+REFUSED = 1
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Also print the result as one JSON object on the "
+                                          "last line.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Skip the quality gate and the pin (the "
+                                           "artifact's checksum is still verified).")]
+
+
+@contextmanager
+def _publisher() -> Iterator[ModelPublisher]:
+    try:
+        with ModelPublisher(get_settings()) as publisher:
+            yield publisher
+    except FinegrainError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # a store that is down or refuses: one line, not a traceback
+        raise fail(f"{type(exc).__name__}: {exc} (is the local stack up? `finegrain stack status`)") from None
+
+
+def _flags(entry: ModelEntry) -> str:
+    flags = [flag for flag, on in (("published", entry.published), ("pinned", entry.pinned),
+                                   ("withdrawn", entry.withdrawn)) if on]
+    return ", ".join(flags) or "-"
+
+
+def _metric_summary(entry: ModelEntry, limit: int = 4) -> str:
+    metrics = sorted(entry.manifest.metrics.items())
+    text = ", ".join(f"{key} {value:.4f}" for key, value in metrics[:limit])
+    return text + (" ..." if len(metrics) > limit else "")
+
+
+def _entries_table(title: str, entries: list[ModelEntry]) -> Table:
+    rows = [(entry.name, entry.version, entry.manifest.framework or "-", _flags(entry),
+             _metric_summary(entry) or "-", entry.manifest.sha256[:12], entry.gate or "-")
+            for entry in entries]
+    return summary_table(title, rows, ["name", "version", "framework", "state", "metrics", "sha256", "gate"])
+
+
+@app.command("list")
+def list_models(
+    name: Annotated[str | None, typer.Argument(help="One model (default: every model).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the registered versions, oldest first, with their state and last gate decision."""
+    settings = get_settings()
+    try:
+        entries = ModelRegistry(settings).list(name)
+    except FinegrainError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        raise fail(f"{type(exc).__name__}: {exc} (is the local stack up?)") from None
+    if name is not None and not entries:
+        raise fail(f"no model named {name} is registered")
+    console.print(_entries_table(f"Registered models ({len(entries)} versions)", entries))
+    if as_json:
+        print_json_line({"versions": [entry.as_dict() for entry in entries]})
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version (see `finegrain models list NAME`).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Everything the manifest of one version says."""
+    try:
+        entry = ModelRegistry(get_settings()).get(name, version)
+    except FinegrainError as exc:
+        raise fail(str(exc)) from None
+    details = entry.as_dict()
+    rows: list[tuple[str, Any]] = [
+        (key, details[key]) for key in ("name", "version", "framework", "artifact_uri", "sha256",
+                                        "created_at", "published", "published_at", "pinned", "withdrawn",
+                                        "gate")
+    ]
+    rows += [(f"metric {key}", f"{value:.4f}") for key, value in details["metrics"].items()]
+    rows += [(f"param {key}", value) for key, value in details["params"].items()]
+    rows += [(f"snapshot {key}", value) for key, value in details["data_snapshot"].items() if value]
+    rows.append((f"features ({len(details['features'])})", ", ".join(details["features"]) or "-"))
+    console.print(summary_table(f"{name} {version}", [(k, "-" if v is None else v) for k, v in rows],
+                                ["field", "value"]))
+    if as_json:
+        print_json_line(details)
+
+
+def _report(result: PublishResult, as_json: bool) -> None:
+    verdict, style = (("refused", "red") if result.refused else ("published", "green") if result.changed
+                      else ("unchanged", "yellow"))
+    console.print(f"[bold {style}]{verdict}:[/] {result.reason}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json_line(result.as_dict())
+    if result.refused:
+        raise typer.Exit(REFUSED)
+
+
+def _run(action: Callable[[ModelPublisher], PublishResult], as_json: bool) -> None:
+    with _publisher() as publisher:
+        result = action(publisher)
+    _report(result, as_json)
+
+
+@app.command()
+def publish(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Registered version to publish.")],
+    force: ForceOption = False,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="How much worse than the "
+                                             "published version (absolute, on the gate metric) is allowed."
+                                             )] = DEFAULT_TOLERANCE,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish a version to serving (its manifest into ZooKeeper) if it passes its quality gate."""
+    _run(lambda p: p.publish(name, version, force=force, tolerance=tolerance), as_json)
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-publish the version published before the current one (the current one is withdrawn)."""
+    _run(lambda p: p.rollback(name, force=force), as_json)
+
+
+@app.command()
+def pin(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version to publish (if it is not) and hold.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Hold a version: publish it if needed (no gate) and refuse other publications until unpinned."""
+    _run(lambda p: p.pin(name, version), as_json)
+
+
+@app.command()
+def unpin(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+    """Release the pin: publishing behind the gate resumes."""
+    with _publisher() as publisher:
+        released = publisher.unpin(name)
+    console.print(f"{name}: " + (f"unpinned {released}" if released else "was not pinned"), highlight=False)
+
+
+def _status_table(status: ModelStatus) -> Table:
+    manifest = status.published
+    title = f"{status.name}: " + ("nothing published" if manifest is None else
+                                  f"serving {manifest.version} (znode version {status.znode_version}, "
+                                  f"set {status.modified_at:%Y-%m-%d %H:%M:%S} UTC)")
+    if status.pinned:
+        title += f", pinned to {status.pinned}"
+    if not status.in_sync:
+        title += " [registry flag out of step with the znode: publish again to repair]"
+    return _entries_table(title, status.entries)
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="One model (default: every model).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What each model's znode serves, its pin, and its registered versions."""
+    with _publisher() as publisher:
+        names = [name] if name is not None else publisher.names()
+        statuses = [publisher.status(one) for one in names]
+    if not statuses:
+        console.print("no model is registered")
+    for one in statuses:
+        console.print(_status_table(one))
+    if as_json:
+        print_json_line({"models": [one.as_dict() for one in statuses],
+                         "checked_at": datetime.now(UTC).isoformat()})
