@@ -1,0 +1,239 @@
+"""Train the XGBoost ranker and evaluate it on the data set README's protocol.
+
+    python -m models.evaluate_rankers [--events var/data/retail/events.parquet] [--out var/reports/ranker]
+
+Steps (every date a midnight UTC):
+1. Choose the objective on a validation split that ends before the README's test window: train on the
+   cut-offs `VALID_TRAIN_CUTOFFS` (labels up to 2010-10-11), rank the candidates at 2010-10-11
+   (features before it, labels in the 30 days after) with each objective, keep the best NDCG@20.
+2. Train the final model with that objective on `TRAIN_CUTOFFS` (label windows ending by 2010-11-10).
+3. Rank the candidates of the README's users at 2010-11-10 (features before it) and compute HR /
+   Recall / NDCG @10 and @20 with `EvaluationSplit.evaluate` (targets: everything bought in the test
+   window, unseen items included), AUC over all candidate rows and per-user AUC (GAUC); next to it,
+   the item-to-item channel alone on the same candidates and the README's reference rows.
+The test window is read for the metrics only, after the model is trained.
+Outputs (with --out): model.ubj (the artifact bytes), manifest.json (feature list, config, metrics,
+sha256), evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finegrain.evaluation.metrics import auc, grouped_auc, ranking_metrics
+from finegrain.evaluation.protocol import SPLIT_DATE, EvaluationSplit, build_split, load_events
+from finegrain.features.history import epoch_ms
+from finegrain.features.ranking import RANKING_FEATURE_NAMES
+from models.training_set import TrainingSet, build_cutoff, build_training_set, midnight_ms
+from models.xgboost_ranker import (
+    OBJECTIVES,
+    RankerArtifact,
+    RankerConfig,
+    XGBoostRanker,
+    artifact_json,
+    feature_importance,
+    train_ranker,
+)
+
+VALID_CUTOFF = date(2010, 10, 11)
+VALID_TRAIN_CUTOFFS = (date(2010, 7, 13), date(2010, 8, 12), date(2010, 9, 11))
+TRAIN_CUTOFFS = (date(2010, 8, 12), date(2010, 9, 11), date(2010, 10, 11))
+KS = (10, 20)
+DEPTH = 20
+REFERENCE = {
+    "MostPop (README)": {"HR@10": 0.532, "Recall@10": 0.039, "NDCG@10": 0.114, "Recall@20": 0.067,
+                         "NDCG@20": 0.108},
+    "ItemKNN (README)": {"HR@10": 0.660, "Recall@10": 0.086, "NDCG@10": 0.202, "Recall@20": 0.136,
+                         "NDCG@20": 0.195},
+    "EASE (README)": {"HR@10": 0.741, "Recall@10": 0.120, "NDCG@10": 0.270, "Recall@20": 0.195,
+                      "NDCG@20": 0.266},
+    "repeat (README)": {"HR@10": 0.865, "Recall@10": 0.182, "NDCG@10": 0.354, "Recall@20": 0.260,
+                        "NDCG@20": 0.344},
+}
+COLUMNS = ("HR@10", "Recall@10", "NDCG@10", "HR@20", "Recall@20", "NDCG@20", "AUC", "GAUC")
+
+
+def top_rows(rows: TrainingSet, scores: np.ndarray, k: int = DEPTH) -> np.ndarray:
+    """Groups x k row indices of each group's k best scores (ties: earlier row), -1 padded.
+    A row scored NaN is left out (a channel that did not recall the item)."""
+    group = rows.group_of_row
+    order = np.lexsort((np.arange(len(scores)), -np.nan_to_num(scores, nan=-np.inf), group))
+    starts = np.concatenate([[0], np.cumsum(rows.group_sizes)[:-1]])
+    position = np.arange(len(order)) - np.repeat(starts, rows.group_sizes)
+    keep = (position < k) & ~np.isnan(scores[order])
+    out = np.full((len(rows.group_sizes), k), -1, dtype=np.int64)
+    out[group[order][keep], position[keep]] = order[keep]
+    return out
+
+
+def group_metrics(rows: TrainingSet, scores: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """HR/Recall/NDCG of each group's ranking against its labels (targets outside the candidates count
+    in Recall's denominator through `n_targets`), and AUC / GAUC over the rows."""
+    top = top_rows(rows, scores, max(ks))
+    hits = np.where(top >= 0, rows.labels[np.maximum(top, 0)] > 0, False)
+    figures = ranking_metrics(hits, rows.n_targets, ks)
+    return {**figures, **auc_figures(rows, scores)}
+
+
+def auc_figures(rows: TrainingSet, scores: np.ndarray) -> dict[str, float]:
+    filled = np.nan_to_num(scores, nan=-1e30)
+    return {"AUC": auc(filled, rows.labels), "GAUC": grouped_auc(filled, rows.labels, rows.group_of_row)}
+
+
+def split_metrics(rows: TrainingSet, scores: np.ndarray, split: EvaluationSplit) -> dict[str, float]:
+    """The README protocol's figures through the shared split (its users, targets and metrics)."""
+    if not np.array_equal(rows.group_users.astype(str), split.users.astype(str)):
+        raise ValueError("the evaluation rows are not the protocol's users in its order")
+    top = top_rows(rows, scores, max(KS))
+    indices = split.item_index(rows.item_ids[np.maximum(top, 0)].ravel()).reshape(top.shape)
+    ranked = np.where(top >= 0, indices, -1)
+    return {**split.evaluate(ranked, KS), **auc_figures(rows, scores)}
+
+
+def i2i_scores(rows: TrainingSet) -> np.ndarray:
+    """The item-to-item channel alone: its own score, NaN for candidates it did not recall."""
+    values = rows.features[:, RANKING_FEATURE_NAMES.index("recall_item_to_item")].astype(np.float64)
+    return np.where(values > 0, values, np.nan)
+
+
+@dataclass
+class RankerEvaluation:
+    objective: str
+    validation: dict[str, dict[str, float]]
+    table: dict[str, dict[str, float]]
+    artifact: RankerArtifact
+    training_set: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+    importance: list[tuple[str, float]] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = ["# XGBoost ranker, README protocol (split 2010-11-10)", "",
+                 f"Objective `{self.objective}` (chosen on the validation split at {VALID_CUTOFF}). "
+                 f"Training set: {self.training_set}. Seconds: {self.seconds}.", "",
+                 "## Validation (cut-off 2010-10-11, labels before the test window)", "",
+                 "| objective | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS) + " |"
+                  for name, values in self.validation.items()]
+        lines += ["", "## Test (README protocol, 1,291 users)", "",
+                  "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS) + " |"
+                  for name, values in {**self.table, **REFERENCE}.items()]
+        lines += ["", "## Feature importance (share of total gain)", ""]
+        lines += [f"- {name}: {share}" for name, share in self.importance]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or np.isnan(value) else f"{value:.3f}"
+
+
+def _round(figures: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 4) for name, value in figures.items()}
+
+
+def choose_objective(events: pd.DataFrame, config: RankerConfig, objectives: tuple[str, ...] = OBJECTIVES,
+                     max_users: int | None = None) -> tuple[str, dict[str, dict[str, float]]]:
+    """Best objective by NDCG@20 on the validation cut-off; events at or after the README split are
+    dropped first, so the test window cannot influence the choice."""
+    before_test = events.loc[epoch_ms(events["timestamp"]) < midnight_ms(SPLIT_DATE)]
+    train = build_training_set(before_test, VALID_TRAIN_CUTOFFS, as_of=VALID_CUTOFF, max_users=max_users)
+    valid = build_cutoff(before_test, VALID_CUTOFF)
+    figures = {"item_to_item alone": _round(group_metrics(valid, i2i_scores(valid)))}
+    for objective in objectives:
+        ranker, _ = train_ranker(train, _with(config, objective=objective))
+        figures[objective] = _round(group_metrics(valid, ranker.score(valid.features)))
+    best = max(objectives, key=lambda name: figures[name]["NDCG@20"])
+    return best, figures
+
+
+def _with(config: RankerConfig, **changes: Any) -> RankerConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)
+
+
+def evaluate(events: pd.DataFrame, *, config: RankerConfig | None = None, objective: str | None = None,
+             train_cutoffs: tuple[date, ...] = TRAIN_CUTOFFS, max_users: int | None = None,
+             say: Any = print) -> RankerEvaluation:
+    """Choose the objective (unless given), train the final model, evaluate it on the README split."""
+    config = config or RankerConfig()
+    seconds: dict[str, float] = {}
+    validation: dict[str, dict[str, float]] = {}
+    if objective is None:
+        started = time.perf_counter()
+        say(f"choosing the objective on the validation cut-off {VALID_CUTOFF}")
+        objective, validation = choose_objective(events, config, max_users=max_users)
+        seconds["choose_objective"] = round(time.perf_counter() - started, 2)
+        say(f"  {json.dumps(validation)}\n  -> {objective}")
+    config = _with(config, objective=objective)
+
+    started = time.perf_counter()
+    say(f"building the training set (cut-offs {', '.join(map(str, train_cutoffs))})")
+    train = build_training_set(events, train_cutoffs, as_of=SPLIT_DATE, max_users=max_users)
+    seconds["training_set"] = round(time.perf_counter() - started, 2)
+    say(f"  {train.summary()}")
+    say(f"training ({objective}, {config.rounds} rounds, nthread={config.nthread})")
+    ranker, facts = train_ranker(train, config)
+    seconds["train"] = facts["train_seconds"]
+
+    started = time.perf_counter()
+    say(f"ranking the README users' candidates at {SPLIT_DATE}")
+    rows = build_cutoff(events, SPLIT_DATE)
+    split = build_split(events, SPLIT_DATE)
+    table = {
+        f"XGBoost ranker ({objective})": _round(split_metrics(rows, ranker.score(rows.features), split)),
+        "item_to_item alone (same candidates)": _round(split_metrics(rows, i2i_scores(rows), split)),
+    }
+    seconds["evaluate"] = round(time.perf_counter() - started, 2)
+    test_rows = {"rows": len(rows.labels), "candidate_recall": round(rows.candidate_recall(), 4)}
+    metrics = {"test": table[f"XGBoost ranker ({objective})"], "validation": validation.get(objective, {}),
+               "test_candidates": test_rows, **facts}
+    artifact = ranker.artifact(metrics)
+    summary = train.summary()
+    return RankerEvaluation(objective=objective, validation=validation, table=table, artifact=artifact,
+                            training_set={k: v for k, v in summary.items() if k != "seconds"},
+                            seconds=seconds, importance=feature_importance(ranker))
+
+
+def write_outputs(result: RankerEvaluation, folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"model": folder / "model.ubj", "manifest": folder / "manifest.json",
+             "markdown": folder / "evaluation.md"}
+    paths["model"].write_bytes(result.artifact.model)
+    paths["manifest"].write_text(artifact_json(result.artifact))
+    paths["markdown"].write_text(result.markdown())
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=Path, default=Path("var/data/retail/events.parquet"))
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--objective", choices=OBJECTIVES, default=None,
+                        help="skip the validation choice and train with this objective")
+    parser.add_argument("--rounds", type=int, default=RankerConfig().rounds)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    result = evaluate(load_events(args.events), config=RankerConfig(rounds=args.rounds),
+                      objective=args.objective)
+    result.seconds["total"] = round(time.perf_counter() - started, 2)
+    print(result.markdown())
+    if args.out:
+        for name, path in write_outputs(result, args.out).items():
+            print(f"{name}: {path}")
+    # Reload the bytes as serving would, to prove the artifact stands on its own.
+    XGBoostRanker.from_bytes(result.artifact.model, result.artifact.feature_names, result.artifact.config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
