@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from finegrain.evaluation.metrics import auc, grouped_auc, ranking_metrics
+from finegrain.evaluation.protocol import REFERENCE as README_REFERENCE
 from finegrain.evaluation.protocol import SPLIT_DATE, EvaluationSplit, build_split, load_events
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
@@ -49,16 +50,7 @@ VALID_TRAIN_CUTOFFS = (date(2010, 7, 13), date(2010, 8, 12), date(2010, 9, 11))
 TRAIN_CUTOFFS = (date(2010, 8, 12), date(2010, 9, 11), date(2010, 10, 11))
 KS = (10, 20)
 DEPTH = 20
-REFERENCE = {
-    "MostPop (README)": {"HR@10": 0.532, "Recall@10": 0.039, "NDCG@10": 0.114, "Recall@20": 0.067,
-                         "NDCG@20": 0.108},
-    "ItemKNN (README)": {"HR@10": 0.660, "Recall@10": 0.086, "NDCG@10": 0.202, "Recall@20": 0.136,
-                         "NDCG@20": 0.195},
-    "EASE (README)": {"HR@10": 0.741, "Recall@10": 0.120, "NDCG@10": 0.270, "Recall@20": 0.195,
-                      "NDCG@20": 0.266},
-    "repeat (README)": {"HR@10": 0.865, "Recall@10": 0.182, "NDCG@10": 0.354, "Recall@20": 0.260,
-                        "NDCG@20": 0.344},
-}
+REFERENCE = {f"{name} (README)": figures for name, figures in README_REFERENCE["standard"].items()}
 COLUMNS = ("HR@10", "Recall@10", "NDCG@10", "HR@20", "Recall@20", "NDCG@20", "AUC", "GAUC")
 
 

@@ -23,7 +23,15 @@ import typer
 
 from finegrain.cli.output import console, fail, print_json_line, summary_table
 from finegrain.errors import DataError, FinegrainError
-from finegrain.evaluation.protocol import DEFAULT_KS, SPLIT_DATE, EvaluationSplit, build_split, load_events
+from finegrain.evaluation.protocol import (
+    DEFAULT_KS,
+    REFERENCE,
+    REFERENCE_NOTE,
+    SPLIT_DATE,
+    EvaluationSplit,
+    build_split,
+    load_events,
+)
 from finegrain.jobs import RESULT_COLUMNS, JobError, JobResult, load_job, parse_as_of, result_row, run_jobs
 from finegrain.recall.item_to_item import (
     ItemToItemConfig,
@@ -49,27 +57,6 @@ MOST_POPULAR_LIST = ("global", "all@all")
 SIMILARITY_ALGORITHMS = ("cosine", "swing")
 # Dataset -> the job of spark_jobs.JOBS that builds it.
 DATASET_JOBS = {Dataset.POPULARITY: "popularity", Dataset.SIMILARITY: "item_similarity"}
-
-# The data set README's reference rows (test from 2010-11-10 on the real data); HR@20 is not given.
-REFERENCE_NOTE = ("README rows: ItemKNN = cosine over the binary user x item matrix, EASE with lambda = 500, "
-                  "repeat = the user's own repeat frequency with a popularity tie-break.")
-REFERENCE: dict[str, dict[str, dict[str, float]]] = {
-    "standard": {
-        "MostPop": {"HR@10": 0.532, "Recall@10": 0.039, "NDCG@10": 0.114, "Recall@20": 0.067,
-                    "NDCG@20": 0.108},
-        "ItemKNN": {"HR@10": 0.660, "Recall@10": 0.086, "NDCG@10": 0.202, "Recall@20": 0.136,
-                             "NDCG@20": 0.195},
-        "EASE": {"HR@10": 0.741, "Recall@10": 0.120, "NDCG@10": 0.270, "Recall@20": 0.195,
-                              "NDCG@20": 0.266},
-        "repeat": {"HR@10": 0.865, "Recall@10": 0.182, "NDCG@10": 0.354, "Recall@20": 0.260,
-                             "NDCG@20": 0.344},
-    },
-    "explore": {
-        "MostPop": {"Recall@20": 0.036, "NDCG@20": 0.041},
-        "ItemKNN": {"Recall@20": 0.075, "NDCG@20": 0.080},
-        "EASE": {"Recall@20": 0.113, "NDCG@20": 0.111},
-    },
-}
 
 # Narrow terminals: the table keeps its figures readable with short channel names.
 SHORT_LABELS = {f"item_to_item:{algorithm}": f"i2i {algorithm}" for algorithm in SIMILARITY_ALGORITHMS}

@@ -175,3 +175,25 @@ def most_popular(split: EvaluationSplit, depth: int | None = None) -> list[str]:
     ranked = buyers.reset_index().sort_values(["user_id", "item_id"], ascending=[False, True])
     ids: list[str] = ranked["item_id"].tolist()
     return ids[:depth] if depth else ids
+
+
+# The data set README's reference rows (test from 2010-11-10 on the real data); HR@20 is not given.
+REFERENCE_NOTE = ("README rows: ItemKNN = cosine over the binary user x item matrix, EASE with lambda = 500, "
+                  "repeat = the user's own repeat frequency with a popularity tie-break.")
+REFERENCE: dict[str, dict[str, dict[str, float]]] = {
+    "standard": {
+        "MostPop": {"HR@10": 0.532, "Recall@10": 0.039, "NDCG@10": 0.114, "Recall@20": 0.067,
+                    "NDCG@20": 0.108},
+        "ItemKNN": {"HR@10": 0.660, "Recall@10": 0.086, "NDCG@10": 0.202, "Recall@20": 0.136,
+                             "NDCG@20": 0.195},
+        "EASE": {"HR@10": 0.741, "Recall@10": 0.120, "NDCG@10": 0.270, "Recall@20": 0.195,
+                              "NDCG@20": 0.266},
+        "repeat": {"HR@10": 0.865, "Recall@10": 0.182, "NDCG@10": 0.354, "Recall@20": 0.260,
+                             "NDCG@20": 0.344},
+    },
+    "explore": {
+        "MostPop": {"Recall@20": 0.036, "NDCG@20": 0.041},
+        "ItemKNN": {"Recall@20": 0.075, "NDCG@20": 0.080},
+        "EASE": {"Recall@20": 0.113, "NDCG@20": 0.111},
+    },
+}

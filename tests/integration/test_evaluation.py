@@ -12,8 +12,8 @@ from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from finegrain.cli import evaluate as evaluate_cli
-from finegrain.cli.evaluate import REFERENCE, ChannelEvaluation, evaluate_channels
-from finegrain.evaluation.protocol import SPLIT_DATE, build_split, load_events, most_popular
+from finegrain.cli.evaluate import ChannelEvaluation, evaluate_channels
+from finegrain.evaluation.protocol import REFERENCE, SPLIT_DATE, build_split, load_events, most_popular
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset
