@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -194,3 +195,47 @@ def status(
     if as_json:
         print_json_line({"models": [one.as_dict() for one in statuses],
                          "checked_at": datetime.now(UTC).isoformat()})
+
+
+@app.command("train-ranker")
+def train_ranker_command(
+    events: Annotated[Path | None, typer.Option(
+        "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
+        show_default=False)] = None,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", min=1, help="Boosting rounds (default: the ranker's tuned setting).",
+        show_default=False)] = None,
+    objective: Annotated[str | None, typer.Option(
+        "--objective", help="binary:logistic, rank:ndcg or rank:pairwise; default: chosen on the validation "
+        "cut-off.", show_default=False)] = None,
+    max_users: Annotated[int | None, typer.Option(
+        "--max-users", min=1, help="Train on at most this many users per cut-off (quick runs); the "
+        "evaluation always uses every README user.", show_default=False)] = None,
+    publish: Annotated[bool, typer.Option(
+        "--publish/--no-publish", help="Publish the run to ZooKeeper if it passes its gate.")] = True,
+    json: JsonOption = False,
+) -> None:
+    """Train the XGBoost ranker, evaluate it on the README protocol, register it, publish it if it passes."""
+    from models.train_ranker import train_register_publish
+
+    settings = get_settings()
+    events_path = events if events is not None else settings.data_dir / "retail" / "events.parquet"
+    if not events_path.exists():
+        raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
+    if objective is not None and objective not in ("binary:logistic", "rank:ndcg", "rank:pairwise"):
+        raise fail(f"--objective {objective!r}: choose binary:logistic, rank:ndcg or rank:pairwise")
+    try:
+        run = train_register_publish(settings, events_path, rounds=rounds, objective=objective,
+                                     max_users=max_users, publish=publish,
+                                     say=lambda message: console.print(f"[dim]{message}[/]", highlight=False))
+    except FinegrainError as exc:
+        raise fail(str(exc)) from None
+    rows = [(name, f"{value:.4f}") for name, value in sorted(run.manifest.metrics.items())]
+    console.print(summary_table(f"{run.manifest.name} {run.manifest.version} (README protocol)", rows,
+                                ["metric", "value"]))
+    if run.publish is not None:
+        console.print(("published: " if run.publish.published else "not published: ") + run.publish.reason)
+    if json:
+        print_json_line(run.as_dict())
+    if run.publish is not None and run.publish.refused:
+        raise typer.Exit(1)
