@@ -73,6 +73,12 @@ class JobContext:
         return frame.where(F.col("timestamp") < F.lit(datetime.combine(self.as_of, datetime.min.time())))
 
 
+    def no_events(self, purpose: str) -> JobError:
+        """The error of a job given an as-of date before its events start (or an empty file)."""
+        return JobError(f"no purchase events before {self.as_of.isoformat()} in {self.events_path}: "
+                        f"nothing to {purpose} (is the as-of date before the data starts?)")
+
+
 @dataclass
 class JobResult:
     job: str

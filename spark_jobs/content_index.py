@@ -39,7 +39,6 @@ from finegrain.features.catalog import COLOUR_AND_PATTERN_WORDS, OTHER_CATEGORY
 from finegrain.jobs import (
     BatchJob,
     JobContext,
-    JobError,
     JobResult,
     Stopwatch,
     ensure_new_version,
@@ -106,8 +105,7 @@ class ContentIndexJob(BatchJob):
             cached.append(events)
             rows_in = events.count()
             if rows_in == 0:
-                raise JobError(f"no purchase events before {ctx.as_of.isoformat()} in {ctx.events_path}: "
-                               "nothing to index (is the as-of date before the data starts?)")
+                raise ctx.no_events("index")
             watch.lap("read events")
             attributes = item_attributes(events).select("item_id", "category", "price_band", "terms").cache()
             cached.append(attributes)

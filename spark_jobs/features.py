@@ -82,8 +82,7 @@ class FeaturesJob(BatchJob):
             with _timed(timings, "read"):
                 rows_in = events.count()
             if rows_in == 0:
-                raise JobError(f"no purchase events before {ctx.as_of} in {ctx.events_path}: "
-                               "nothing to build features from (is the as-of date before the data?)")
+                raise ctx.no_events("build features from")
             return self._publish(ctx, events, rows_in, RedisVersions(redis),
                                  MongoVersions(mongo_database(ctx.settings, mongo)), timings)
         finally:

@@ -325,8 +325,7 @@ class ItemSimilarityJob(BatchJob):
                  .toPandas())
         timings["aggregate"] = time.perf_counter() - started
         if pairs.empty:
-            raise JobError(f"no purchase events before {ctx.as_of} in {ctx.events_path}: nothing to build "
-                           "(is the as-of date before the data starts?)")
+            raise ctx.no_events("build")
         rows_in = int(pairs["lines"].sum())
 
         started = time.perf_counter()

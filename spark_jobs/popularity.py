@@ -26,7 +26,6 @@ from finegrain.features.catalog import OTHER_CATEGORY
 from finegrain.jobs import (
     BatchJob,
     JobContext,
-    JobError,
     JobResult,
     Stopwatch,
     ensure_new_version,
@@ -176,8 +175,7 @@ class PopularityJob(BatchJob):
             cached.append(events)
             rows_in = events.count()
             if rows_in == 0:
-                raise JobError(f"no purchase events before {ctx.as_of.isoformat()} in {ctx.events_path}: "
-                               "nothing to rank (is the as-of date before the data starts?)")
+                raise ctx.no_events("rank")
             watch.lap("read events")
             global_stats = item_popularity(events, ctx.as_of).cache()
             cached.append(global_stats)
