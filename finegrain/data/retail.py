@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -142,24 +142,22 @@ class LoadReport:
     dataset: str = field(default="online_retail_ii")
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "source": str(self.source),
-            "rows_read": self.rows_read,
-            "clean_rows": self.clean_rows,
-            "users": self.users,
-            "items": self.items,
-            "baskets": self.baskets,
-            "user_item_pairs": self.user_item_pairs,
-            "countries": self.countries,
-            "first_timestamp": self.first_timestamp.isoformat(),
-            "last_timestamp": self.last_timestamp.isoformat(),
-            "rejected": dict(self.rejected),
-            "events_path": str(self.events_path),
-            "catalog_path": str(self.catalog_path),
-            "report_path": str(self.report_path),
-            "seconds": round(self.seconds, 3),
-        }
+        return report_dict(self)
+
+
+def report_dict(report: Any) -> dict[str, Any]:
+    """A report dataclass as `report.json` holds it: dataset first, paths as text, times in ISO 8601."""
+    figures: dict[str, Any] = {"dataset": report.dataset}
+    for item in fields(report):
+        value = getattr(report, item.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, dict):
+            value = dict(value)
+        figures[item.name] = round(value, 3) if item.name == "seconds" else value
+    return figures
 
 
 def load_online_retail(source: Path, out_dir: Path, progress: Progress | None = None) -> LoadReport:

@@ -45,6 +45,7 @@ from finegrain.data.retail import (
     EVENTS_SCHEMA,
     build_catalog,
     dataset_counts,
+    report_dict,
     write_dataset,
 )
 from finegrain.errors import DataError
@@ -87,29 +88,7 @@ class SyntheticReport:
     dataset: str = field(default="synthetic")
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "source": self.source,
-            "scale": self.scale,
-            "seed": self.seed,
-            "swap_fraction": self.swap_fraction,
-            "max_shift_weeks": self.max_shift_weeks,
-            "clean_rows": self.clean_rows,
-            "users": self.users,
-            "items": self.items,
-            "baskets": self.baskets,
-            "user_item_pairs": self.user_item_pairs,
-            "countries": self.countries,
-            "first_timestamp": self.first_timestamp.isoformat(),
-            "last_timestamp": self.last_timestamp.isoformat(),
-            "swapped_lines": self.swapped_lines,
-            "shape": self.shape,
-            "source_shape": self.source_shape,
-            "events_path": str(self.events_path),
-            "catalog_path": str(self.catalog_path),
-            "report_path": str(self.report_path),
-            "seconds": round(self.seconds, 3),
-        }
+        return report_dict(self)
 
 
 def generate_synthetic(
