@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         DEFAULT_SOURCE_CSV, description="The Online Retail II CSV (gzip) that `finegrain data load` reads."
     )
 
+    serving_config: Path | None = Field(
+        None, description="JSON file of the serving configuration (channels, quotas, scenes); unset: defaults."
+    )
+    api_bind: str = Field("127.0.0.1:18080", description="host:port gunicorn binds the API to.")
+    api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
+
     @model_validator(mode="after")
     def _addresses_parse(self) -> Settings:
         """Fail at start-up, naming the variable, rather than at first use deep inside a client."""

@@ -141,12 +141,16 @@ class ItemTable:
 
 def ranking_features(profile: UserProfile, candidates: Sequence[str] | np.ndarray,
                      recall: Mapping[str, np.ndarray], items: ItemTable,
-                     config: ItemToItemConfig | None = None) -> np.ndarray:
+                     config: ItemToItemConfig | None = None, candidate_count: int | None = None
+                     ) -> np.ndarray:
     """Candidates x `RANKING_FEATURE_NAMES` (float32) for one user.
 
     `recall[channel]` holds one score per candidate (0: the channel did not recall it); a channel of
     `RECALL_CHANNELS` left out counts as recalling nothing. `config` is the item-to-item channel's
-    (its half-life defines `seed_weight`)."""
+    (its half-life defines `seed_weight`). `candidate_count` is `user_candidates` when it is not the
+    number of rows: training recalls from item-to-item and popular items only, serving from every
+    channel, so serving passes the size of that same item-to-item + popular set to keep the feature's
+    meaning (and scale) what the model learnt."""
     if items.as_of_ms > profile.as_of_ms:
         raise ValueError(f"item features as of {items.as_of_ms} are newer than the profile "
                          f"({profile.as_of_ms}): they would leak later purchases into the features")
@@ -230,7 +234,7 @@ def ranking_features(profile: UserProfile, candidates: Sequence[str] | np.ndarra
         "user_days_since_first_purchase": profile.days_since_first_purchase,
         **{f"user_baskets_{days}d": (windows[days].baskets if days in windows else np.nan)
            for days in USER_WINDOWS_DAYS},
-        "user_candidates": n,
+        "user_candidates": n if candidate_count is None else candidate_count,
     }
     for name, value in user_values.items():
         out[:, column[name]] = value

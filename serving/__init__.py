@@ -1,0 +1,1 @@
+"""Online serving: the Falcon application gunicorn runs (recall, merge, ranking, hot swap)."""

@@ -1,0 +1,1 @@
+"""HTTP resources of the serving application, one module per resource family."""

@@ -1,0 +1,43 @@
+"""`/healthz` (the process answers), `/readyz` (it has what it needs to serve), `/metrics`."""
+
+from __future__ import annotations
+
+import falcon
+
+from serving import metrics
+from serving.config import RANKER_MODELS
+from serving.swap import Runtime
+
+
+class HealthResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class ReadyResource:
+    """Ready = a dataset snapshot and the default scene's ranker are loaded. Other missing models
+    only degrade their scenes, and are listed."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        runtime = self.runtime
+        config = runtime.config
+        default_ranker = config.scenes[config.default_scene].ranker
+        needed = [] if default_ranker == "none" else [RANKER_MODELS[default_ranker]]
+        loaded = runtime.models.versions()
+        missing = [name for name in needed if name not in loaded]
+        if runtime.data is None:
+            missing.insert(0, "datasets")
+        optional = [name for name in runtime.model_names if name not in loaded and name not in needed]
+        body = {**runtime.status(), "ready": not missing, "missing": missing, "optional_missing": optional}
+        resp.status = falcon.HTTP_200 if not missing else falcon.HTTP_503
+        resp.media = body
+
+
+class MetricsResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body, content_type = metrics.render()
+        resp.data = body
+        resp.content_type = content_type

@@ -1,0 +1,72 @@
+"""Query-parameter parsing that refuses, naming the parameter, instead of guessing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import falcon
+
+from serving.api.errors import invalid
+
+ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces, as the data's ids are
+
+
+def check_known(req: falcon.Request, allowed: Iterable[str]) -> None:
+    """A misspelt parameter (`user=` for `user_id=`) must not be silently ignored."""
+    unknown = sorted(set(req.params) - set(allowed))
+    if unknown:
+        raise invalid(unknown[0], f"unknown query parameter {unknown[0]!r}; expected: {', '.join(allowed)}")
+
+
+def single(req: falcon.Request, name: str) -> str | None:
+    value = req.params.get(name)
+    if isinstance(value, list):
+        raise invalid(name, f"{name} is given {len(value)} times; give it once")
+    return value
+
+
+def identifier(req: falcon.Request, name: str, *, required: bool = True) -> str | None:
+    value = single(req, name)
+    if value is None or value == "":
+        if required:
+            raise invalid(name, f"{name} is required")
+        return None
+    if not ID_PATTERN.match(value):
+        raise invalid(name, f"{name} must be 1-64 printable characters without spaces")
+    return value
+
+
+def integer(req: falcon.Request, name: str, *, default: int, low: int, high: int) -> int:
+    value = single(req, name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise invalid(name, f"{name} must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise invalid(name, f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def boolean(req: falcon.Request, name: str, *, default: bool = False) -> bool:
+    value = single(req, name)
+    if value is None or value == "":
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise invalid(name, f"{name} must be true or false, got {value!r}")
+
+
+def choice(req: falcon.Request, name: str, options: Iterable[str], *, default: str | None) -> str | None:
+    value = single(req, name)
+    if value is None or value == "":
+        return default
+    allowed = list(options)
+    if value not in allowed:
+        raise invalid(name, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value

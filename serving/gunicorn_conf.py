@@ -1,0 +1,53 @@
+"""gunicorn settings for the API; everything deployment-specific comes from FINEGRAIN_* settings.
+
+- No preload: each worker imports the app after the fork, so Kafka, ZooKeeper and Mongo clients
+  (which own threads and sockets) are never shared across processes.
+- Prometheus multi-process mode: every worker writes its metrics to a shared folder, /metrics on
+  any worker aggregates all of them; a dead worker's files are marked so live-only gauges drop it.
+- gthread workers: a worker keeps answering /healthz while a thread computes a recommendation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from finegrain.settings import get_settings
+
+_settings = get_settings()
+_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                                          str(_settings.var_dir / "serving" / "prometheus")))
+
+bind = _settings.api_bind
+workers = _settings.api_workers
+worker_class = "gthread"
+threads = 4
+timeout = 60
+graceful_timeout = 10
+keepalive = 5
+preload_app = False
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+proc_name = "finegrain-api"
+
+
+def on_starting(server: Any) -> None:
+    # Metrics of a previous run would be summed into this one's.
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    services = getattr(app, "services", None)
+    if services is not None:
+        services.close()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,84 @@
+"""The recall channel interface: given one request's context, return scored candidates, best first.
+
+A channel reads only the worker's in-memory snapshot and what the request already fetched (the
+user's profile and real-time profile), except the rule channel, which reads its shared atom cache in
+Redis. Channels run in parallel under a time budget each (`serving.recommend`); one that raises or
+runs late is dropped from the request, which is flagged as degraded, never failed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from finegrain.schemas import RealtimeProfile, UserProfile
+from serving.config import SceneConfig
+from serving.state import DataSnapshot, ModelSet
+
+
+@dataclass(frozen=True)
+class RecallRequest:
+    user_id: str
+    scene: str
+    scene_config: SceneConfig
+    profile: UserProfile | None  # None: a user the features do not know (cold start)
+    realtime: RealtimeProfile | None
+    data: DataSnapshot
+    models: ModelSet
+    services: Mapping[str, Any] = field(default_factory=dict)  # e.g. the rule engine
+
+    @property
+    def today(self) -> int:
+        return self.data.today
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """A channel's candidates, best first, with `extra` per-candidate values other stages may use."""
+
+    item_ids: np.ndarray  # object (str)
+    scores: np.ndarray  # float64, > 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> Recalled:
+        return cls(np.empty(0, dtype=object), np.empty(0))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+class RecallChannel(ABC):
+    """One source of candidates. `name` is its type in the configuration and its tag in responses."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @property
+    def quota(self) -> int:
+        return int(self.config.quota)
+
+    @property
+    def budget_s(self) -> float:
+        return float(self.config.budget_ms) / 1000.0
+
+    @abstractmethod
+    def recall(self, request: RecallRequest, k: int) -> Recalled:
+        """At most `k` candidates for the request, best first."""
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best positive scores, best first, ties by index (the item-id order)."""
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > k:
+        cut = np.argpartition(-scores[positive], k - 1)[:k]
+        threshold = scores[positive][cut].min()
+        positive = positive[scores[positive] >= threshold]
+    order = np.lexsort((positive, -scores[positive]))[:k]
+    return positive[order]

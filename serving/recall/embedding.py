@@ -1,0 +1,30 @@
+"""Model-based recall: the user's vector folded in from their purchase history, searched in the
+published embedding model's ANN index (finegrain.recall.embedding)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from finegrain.recall.embedding import EmbeddingIndex
+from serving.config import EmbeddingChannelConfig
+from serving.recall.base import RecallChannel, Recalled, RecallRequest
+
+
+class EmbeddingChannel(RecallChannel):
+    name = "embedding"
+    config: EmbeddingChannelConfig
+
+    def recall(self, request: RecallRequest, k: int) -> Recalled:
+        model = request.models.get(self.config.model)
+        if not isinstance(model, EmbeddingIndex) or request.profile is None:
+            return Recalled.empty()
+        history = request.profile.history
+        if not len(history.item_ids):
+            return Recalled.empty()
+        found = model.recommend(k, history=history, today=request.today,
+                                exclude_bought=request.scene_config.exclude_bought)
+        scores = np.asarray(found.scores, dtype=np.float64)
+        # Inner products can be negative; the merge reads 0 as "not recalled", so shift to positive.
+        if len(scores):
+            scores = scores - scores.min() + 1e-6
+        return Recalled(np.asarray(found.item_ids, dtype=object), scores)

@@ -1,0 +1,22 @@
+"""Rule-based recall: the candidates of every enabled rule of the scene, from the shared atom cache
+(serving.rules). The rule engine is a per-worker service passed in the request."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving.config import RuleChannelConfig
+from serving.recall.base import RecallChannel, Recalled, RecallRequest
+
+
+class RuleChannel(RecallChannel):
+    name = "rule"
+    config: RuleChannelConfig
+
+    def recall(self, request: RecallRequest, k: int) -> Recalled:
+        engine = request.services.get("rules")
+        if engine is None:
+            return Recalled.empty()
+        ids, scores, rules = engine.scene_candidates(request.scene, request.profile, request.data, k)
+        return Recalled(np.asarray(ids, dtype=object), np.asarray(scores, dtype=np.float64),
+                        {"rules": rules})

@@ -1,0 +1,261 @@
+"""One recommendation request, stage by stage: profile -> recall (channels in parallel, each under its
+time budget) -> merge and filter -> ranking features -> ranking -> (explain).
+
+Nothing here may fail the request because a dependency is down: a Redis error makes the user cold, a
+channel that raises or runs late is dropped, a missing ranker keeps the merge order, and with no data
+snapshot at all the worker answers from the best-seller list it saved on disk. Each such answer says
+`degraded: true` with the reasons, and the metrics count it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis
+from google.protobuf.message import DecodeError
+
+from finegrain.codecs import decode
+from finegrain.features.ranking import RECENT_ITEM_TO_ITEM, ranking_features
+from finegrain.recall.merge import MergedCandidates, merge
+from finegrain.schemas import RealtimeProfile, UserProfile
+from finegrain.storage.contract import Dataset, RedisKeys
+from serving import metrics
+from serving.config import RANKER_MODELS, SceneConfig, ServingConfig
+from serving.ranking.base import Ranker
+from serving.recall import RecallChannel, Recalled, RecallRequest, build_channels
+from serving.recall.item_to_item import history_scores
+from serving.state import RANKING_POPULAR_DEPTH, RANKING_POPULAR_LIST, DataSnapshot, ModelSet, RankedList
+
+log = logging.getLogger(__name__)
+
+I2I_FEATURE_DEPTH = 200  # the training sets' item-to-item depth (models.training_set.I2I_DEPTH)
+
+
+@dataclass
+class Trace:
+    """What the request did, for the response's `explain` block and for the metrics."""
+
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    _mark: float = field(default_factory=time.perf_counter)
+
+    def stage(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages_ms[name] = round((now - self._mark) * 1000, 3)
+        metrics.STAGE_LATENCY.labels(name).observe(now - self._mark)
+        self._mark = now
+
+    def degrade(self, reason: str) -> None:
+        self.degraded.append(reason)
+        metrics.DEGRADED.labels(reason.split(":")[0]).inc()
+
+
+class Recommender:
+    """Per worker: the configured channels, a thread pool to run them, and the request pipeline."""
+
+    def __init__(self, config: ServingConfig, redis_client: redis.Redis,
+                 services: Mapping[str, Any] | None = None) -> None:
+        self.config = config
+        self.redis = redis_client
+        self.services = dict(services or {})
+        self.channels: list[RecallChannel] = build_channels(config.channels)
+        self.pool = ThreadPoolExecutor(max_workers=max(len(self.channels), 1), thread_name_prefix="recall")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def scene(self, name: str | None) -> tuple[str, SceneConfig]:
+        scene = name or self.config.default_scene
+        return scene, self.config.scenes[scene]
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def _profiles(self, data: DataSnapshot, user_id: str, trace: Trace
+                  ) -> tuple[UserProfile | None, RealtimeProfile | None]:
+        keys = [RedisKeys.user_profile(data.versions[Dataset.FEATURES], user_id),
+                RedisKeys.realtime_profile(user_id)]
+        try:
+            values: list[bytes | None] = self.redis.mget(keys)  # type: ignore[assignment]
+        except redis.RedisError as exc:
+            trace.degrade(f"redis: {type(exc).__name__}")
+            return None, None
+        profile = realtime = None
+        try:
+            profile = decode(UserProfile, bytes(values[0])) if values[0] else None
+            realtime = decode(RealtimeProfile, bytes(values[1])) if values[1] else None
+        except DecodeError:
+            trace.degrade("profile: undecodable value in Redis")
+        return profile, realtime
+
+    def _recall(self, request: RecallRequest, trace: Trace) -> dict[str, Recalled]:
+        started = time.perf_counter()
+        futures: list[tuple[RecallChannel, Future[Recalled]]] = [
+            (channel, self.pool.submit(self._timed, channel, request)) for channel in self.channels]
+        results: dict[str, Recalled] = {}
+        for channel, future in futures:
+            remaining = started + channel.budget_s - time.perf_counter()
+            try:
+                recalled, seconds = future.result(timeout=max(remaining, 0.0))
+            except FutureTimeout:
+                future.cancel()
+                metrics.CHANNEL_FAILURES.labels(channel.name, "over_budget").inc()
+                trace.degrade(f"channel {channel.name}: over its {channel.config.budget_ms:g} ms budget")
+                trace.channels[channel.name] = {"candidates": 0, "error": "over budget"}
+                continue
+            except Exception as exc:  # a broken channel must not break the request
+                log.warning("channel %s failed: %s", channel.name, exc, exc_info=True)
+                metrics.CHANNEL_FAILURES.labels(channel.name, type(exc).__name__).inc()
+                trace.degrade(f"channel {channel.name}: {type(exc).__name__}")
+                trace.channels[channel.name] = {"candidates": 0, "error": type(exc).__name__}
+                continue
+            results[channel.name] = recalled
+            metrics.CHANNEL_LATENCY.labels(channel.name).observe(seconds)
+            metrics.CHANNEL_CANDIDATES.labels(channel.name).observe(len(recalled))
+            trace.channels[channel.name] = {"candidates": len(recalled), "ms": round(seconds * 1000, 3)}
+        return results
+
+    @staticmethod
+    def _timed(channel: RecallChannel, request: RecallRequest) -> tuple[Recalled, float]:
+        started = time.perf_counter()
+        # Twice the quota, so the merge's fill phase has leftovers when channels overlap.
+        recalled = channel.recall(request, 2 * channel.quota)
+        return recalled, time.perf_counter() - started
+
+    def _features(self, profile: UserProfile, data: DataSnapshot, merged: MergedCandidates,
+                  recalled: Mapping[str, Recalled]) -> np.ndarray:
+        ids = merged.item_ids
+        position = pd.Index(ids)
+        i2i = np.zeros(len(ids))
+        i2i_ids: np.ndarray = np.empty(0, dtype=object)
+        if "item_to_item" in recalled:
+            result = recalled["item_to_item"]
+            i2i_ids = result.item_ids[:I2I_FEATURE_DEPTH]
+            where = position.get_indexer(i2i_ids)
+            i2i[where[where >= 0]] = result.scores[:I2I_FEATURE_DEPTH][where >= 0]
+        popular = data.popular_list(RANKING_POPULAR_LIST)
+        top_popular = popular.item_ids[:RANKING_POPULAR_DEPTH]
+        pop = np.zeros(len(ids))
+        where = position.get_indexer(top_popular)
+        pop[where[where >= 0]] = popular.scores[:RANKING_POPULAR_DEPTH][where >= 0]
+        cosine = data.neighbours["cosine"]
+        recent_all = history_scores(profile.history, cosine, data.today, RECENT_ITEM_TO_ITEM, repeat=False)
+        columns = cosine.index(ids.tolist())
+        recent = np.where(columns >= 0, recent_all[np.maximum(columns, 0)], 0.0)
+        # The size of the candidate set training saw for this user (item-to-item + popular).
+        training_candidates = len(i2i_ids) + int((~pd.Index(top_popular).isin(i2i_ids)).sum())
+        return ranking_features(profile, ids, {"item_to_item": i2i, "popularity": pop,
+                                               "item_to_item_recent": recent},
+                                data.items, candidate_count=training_candidates)
+
+    # -- the request ----------------------------------------------------------------------------
+
+    def recommend(self, data: DataSnapshot | None, models: ModelSet, fallback: RankedList, *, user_id: str,
+                  scene: str | None, n: int, explain: bool) -> dict[str, Any]:
+        started = time.perf_counter()
+        trace = Trace()
+        scene_name, scene_config = self.scene(scene)
+        response: dict[str, Any] = {"request_id": uuid.uuid4().hex, "user_id": user_id, "scene": scene_name}
+        if data is None:
+            trace.degrade("snapshot: no dataset loaded")
+            items = [{"item_id": str(i), "score": float(s), "channels": ["popular"]}
+                     for i, s in zip(fallback.item_ids[:n], fallback.scores[:n], strict=True)]
+            return self._finish(response, trace, items, started, explain, cold=True, ranker=None,
+                                candidates=len(items), versions={})
+
+        profile, realtime = self._profiles(data, user_id, trace)
+        trace.stage("profile")
+        if profile is None:
+            metrics.COLD_START.inc()
+        request = RecallRequest(user_id, scene_name, scene_config, profile, realtime, data, models,
+                                self.services)
+        recalled = self._recall(request, trace)
+        trace.stage("recall")
+
+        exclude: frozenset[str] = frozenset()
+        if scene_config.exclude_bought and profile is not None:
+            exclude = frozenset(profile.history.item_ids)
+        lists = {name: (r.item_ids, r.scores) for name, r in recalled.items()}
+        quotas = {channel.name: channel.quota for channel in self.channels}
+        merged = merge(lists, quotas, total=self.config.candidates, exclude=exclude, known=data.known)
+        if not len(merged) and len(fallback.item_ids):
+            trace.degrade("recall: no candidates, served the saved best sellers")
+            merged = merge({"popular": (fallback.item_ids, fallback.scores)}, {"popular": n}, total=n,
+                           exclude=exclude)
+        trace.stage("merge")
+
+        ranker_name = None if scene_config.ranker == "none" else RANKER_MODELS[scene_config.ranker]
+        ranker: Ranker | None = models.get(ranker_name) if ranker_name else None
+        if ranker_name and ranker is None:
+            trace.degrade(f"ranker: {ranker_name} not loaded, kept the recall order")
+        features = None
+        if profile is not None and ranker is not None and len(merged):
+            features = self._features(profile, data, merged, recalled)
+            trace.stage("features")
+            try:
+                scores = ranker.score(features, merged.item_ids)
+            except Exception as exc:  # e.g. TF Serving unreachable: keep the recall order
+                log.warning("ranker %s failed: %s", ranker_name, exc)
+                trace.degrade(f"ranker: {ranker_name} failed ({type(exc).__name__})")
+                scores = None
+            trace.stage("rank")
+        else:
+            scores = None
+        if scores is None:
+            scores = 1.0 / (1.0 + np.arange(len(merged)))  # the merge order
+            ranker_used = None
+        else:
+            ranker_used = ranker_name
+        top = np.lexsort((np.arange(len(scores)), -scores))[:n]
+
+        rule_names = self._rule_names(recalled.get("rule"))
+        items = []
+        for position in top.tolist():
+            item_id = str(merged.item_ids[position])
+            entry: dict[str, Any] = {"item_id": item_id, "score": round(float(scores[position]), 6),
+                                     "channels": merged.channels_of(position)}
+            if item_id in rule_names:
+                entry["rules"] = rule_names[item_id]
+            items.append(entry)
+        if explain and features is not None and ranker is not None:
+            explained = ranker.explain(features[top], self.config.explain_top_features)
+            for entry, contributions in zip(items, explained, strict=True):
+                entry["explanation"] = [{"feature": c.feature, "value": _json_float(c.value),
+                                         "contribution": round(c.contribution, 6)} for c in contributions]
+            trace.stage("explain")
+        versions = {**data.versions, **models.versions()}
+        return self._finish(response, trace, items, started, explain, cold=profile is None,
+                            ranker=ranker_used, candidates=len(merged), versions=versions)
+
+    @staticmethod
+    def _rule_names(recalled: Recalled | None) -> dict[str, list[str]]:
+        if recalled is None or "rules" not in recalled.extra:
+            return {}
+        names = recalled.extra["rules"]
+        return {str(i): list(rules) for i, rules in zip(recalled.item_ids, names, strict=False)}
+
+    @staticmethod
+    def _finish(response: dict[str, Any], trace: Trace, items: Sequence[dict[str, Any]], started: float,
+                explain: bool, *, cold: bool, ranker: str | None, candidates: int,
+                versions: Mapping[str, str]) -> dict[str, Any]:
+        response.update({"cold_start": cold, "ranker": ranker, "candidates": candidates, "items": list(items),
+                         "degraded": bool(trace.degraded), "versions": dict(versions)})
+        if trace.degraded:
+            response["degraded_reasons"] = trace.degraded
+        if explain:
+            response["explain"] = {"stages_ms": trace.stages_ms, "channels": trace.channels,
+                                   "total_ms": round((time.perf_counter() - started) * 1000, 3)}
+        return response
+
+
+def _json_float(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 6)
