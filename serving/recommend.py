@@ -99,7 +99,7 @@ class Recommender:
 
     def _recall(self, request: RecallRequest, trace: Trace) -> dict[str, Recalled]:
         started = time.perf_counter()
-        futures: list[tuple[RecallChannel, Future[Recalled]]] = [
+        futures: list[tuple[RecallChannel, Future[tuple[Recalled, float]]]] = [
             (channel, self.pool.submit(self._timed, channel, request)) for channel in self.channels]
         results: dict[str, Recalled] = {}
         for channel, future in futures:

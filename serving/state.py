@@ -91,10 +91,10 @@ def _scan(client: redis.Redis, prefix: str) -> Iterator[tuple[str, bytes]]:
     for key in client.scan_iter(match=f"{prefix}*", count=SCAN_BATCH):
         batch.append(key.decode() if isinstance(key, bytes) else str(key))
         if len(batch) >= SCAN_BATCH:
-            yield from zip(batch, client.mget(batch), strict=True)  # type: ignore[arg-type]
+            yield from zip(batch, client.mget(batch), strict=True)
             batch = []
     if batch:
-        yield from zip(batch, client.mget(batch), strict=True)  # type: ignore[arg-type]
+        yield from zip(batch, client.mget(batch), strict=True)
 
 
 def dataset_versions(client: redis.Redis) -> dict[str, str]:
@@ -117,7 +117,8 @@ def load_snapshot(client: redis.Redis, versions: Mapping[str, str] | None = None
     if count is None:
         raise SnapshotError(f"features {features}: no item blocks (the version is incomplete or pruned)")
     block_keys = [RedisKeys.item_feature_block(features, b) for b in range(int(count))]
-    blocks = [decode(ItemFeatureMatrix, bytes(v)) for v in client.mget(block_keys) if v is not None]  # type: ignore[union-attr]
+    values: list[bytes | None] = client.mget(block_keys)  # type: ignore[assignment]
+    blocks = [decode(ItemFeatureMatrix, bytes(v)) for v in values if v is not None]
     if len(blocks) != len(block_keys):
         raise SnapshotError(f"features {features}: {len(block_keys) - len(blocks)} item block(s) missing")
 

@@ -7,6 +7,7 @@ Body: `{"error": {"status": 400, "code": "invalid_parameter", "message": "...", 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import falcon
@@ -62,7 +63,10 @@ def _http_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPEr
     message = error.description or error.title or falcon.code_to_http_status(status)
     resp.status = falcon.code_to_http_status(status)
     resp.media = ApiError(status, code, str(message)).body()
-    for name, value in (error.headers or {}).items():
+    headers = error.headers
+    if isinstance(headers, Mapping):
+        headers = headers.items()
+    for name, value in headers or ():
         resp.set_header(name, value)
 
 
@@ -73,7 +77,7 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, pa
     resp.media = ApiError(500, "internal_error", "internal error; see the server log").body()
 
 
-def install_error_handlers(app: falcon.App) -> None:
+def install_error_handlers(app: falcon.App[Any, Any]) -> None:
     """Falcon picks the most specific handler, so ApiError and HTTPError win over the catch-all."""
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)
