@@ -145,7 +145,8 @@ class Runtime:
         return self._zk is not None and self._zk.state == KazooState.CONNECTED
 
     def status(self) -> dict[str, Any]:
-        return {"worker": self.worker_id, "pid": os.getpid(), "started_at": self.started_at,
+        return {"worker": self.worker_id, "pid": os.getpid(), "master_pid": os.getppid(),
+                "started_at": self.started_at,
                 "datasets": dict(self.data.versions) if self.data else {}, "models": self.models.versions(),
                 "errors": dict(self.errors), "zookeeper": self.zookeeper_connected}
 

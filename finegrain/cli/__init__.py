@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from finegrain.cli import bench, data, evaluate, jobs, models, settings_cmd, stack
+from finegrain.cli import api, bench, data, evaluate, jobs, models, settings_cmd, stack
 from finegrain.cli.output import err_console
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(models.app, name="models")
+app.add_typer(api.app, name="api")
 app.add_typer(bench.app, name="bench")
 app.command("settings")(settings_cmd.show_settings)
 

@@ -2,32 +2,29 @@
 
 `ServingDeployment` gives the API its own namespaces (a dedicated redis-server it may stop, its own
 ZooKeeper root and Mongo database), fills them with the offline jobs' datasets and a small XGBoost
-ranker published through the registry, and runs `gunicorn -c serving/gunicorn_conf.py`."""
+ranker published through the registry, and runs the API with `serving.process.ApiServer`."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 
 from finegrain.jobs import load_job, run_jobs
-from finegrain.settings import PROJECT_ROOT, Settings
+from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_client
 from models.publishing import ModelPublisher
 from models.registry import ModelRegistry
 from models.training_set import build_cutoff
 from models.xgboost_ranker import RankerConfig, train_ranker
+from serving.process import ApiServer
 from spark_jobs import JOBS
 
 AS_OF = date(2010, 12, 10)
@@ -88,62 +85,11 @@ def _pings(client: redis.Redis) -> bool:
 class ServingDeployment:
     settings: Settings
     redis_server: DedicatedRedis
-    base_url: str
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    server: ApiServer
 
-    def environment(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FINEGRAIN_")}
-        env.update({
-            "FINEGRAIN_REDIS_URL": self.settings.redis_url,
-            "FINEGRAIN_MONGO_URI": self.settings.mongo_uri,
-            "FINEGRAIN_MONGO_DATABASE": self.settings.mongo_database,
-            "FINEGRAIN_ZOOKEEPER_HOSTS": self.settings.zookeeper_hosts,
-            "FINEGRAIN_ZOOKEEPER_ROOT": self.settings.zookeeper_root,
-            "FINEGRAIN_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka_bootstrap_servers,
-            "FINEGRAIN_KAFKA_TOPIC_PREFIX": self.settings.kafka_topic_prefix,
-            "FINEGRAIN_VAR_DIR": str(self.settings.var_dir),
-            "FINEGRAIN_API_BIND": self.base_url.removeprefix("http://"),
-            "FINEGRAIN_API_WORKERS": "2",
-            "PROMETHEUS_MULTIPROC_DIR": str(self.settings.var_dir / "prometheus"),
-        })
-        return env
-
-    def start(self) -> None:
-        assert self.settings.var_dir is not None
-        self.log_path = self.settings.var_dir / "gunicorn.log"
-        gunicorn = Path(sys.executable).parent / "gunicorn"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(gunicorn), "-c", str(PROJECT_ROOT / "serving" / "gunicorn_conf.py"), "serving.wsgi:app"],
-                cwd=PROJECT_ROOT, env=self.environment(), stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._ready, 120, f"gunicorn to be ready (log: {self.log_path})")
-
-    def _ready(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {self.log()[-3000:]}")
-        try:
-            # Both workers must be ready: ask until two distinct ready pids answered.
-            seen = set()
-            for _ in range(8):
-                response = httpx.get(f"{self.base_url}/readyz", timeout=2)
-                if response.status_code != 200:
-                    return False
-                seen.add(response.json()["pid"])
-            return len(seen) >= 2
-        except httpx.HTTPError:
-            return False
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+    @property
+    def base_url(self) -> str:
+        return self.server.url
 
 
 def build_datasets(settings: Settings, events: Path, spark: Any) -> None:

@@ -22,6 +22,7 @@ from finegrain.settings import Settings
 from finegrain.storage.clients import zookeeper_client
 from finegrain.storage.contract import ZkPaths
 from models.registry import ModelRegistry
+from serving.process import ApiServer
 from serving.swap import worker_states
 from tests.integration.serving_harness import (
     RANKER,
@@ -46,16 +47,17 @@ def deployment(settings: Settings, retail_data: Path, spark: SparkSession,
     redis_server.start()
     own = settings.model_copy(update={
         "redis_url": redis_server.url, "zookeeper_root": f"{settings.zookeeper_root}/serving",
-        "mongo_database": f"{settings.mongo_database}_serving", "var_dir": folder})
+        "mongo_database": f"{settings.mongo_database}_serving", "var_dir": folder,
+        "api_bind": f"127.0.0.1:{free_port()}", "api_workers": 2})
     events = retail_data / "events.parquet"
     build_datasets(own, events, spark)
     publish(own, RANKER, register_ranker(own, events))
-    served = ServingDeployment(own, redis_server, f"http://127.0.0.1:{free_port()}")
+    served = ServingDeployment(own, redis_server, ApiServer(own))
     try:
-        served.start()
+        served.server.start()
         yield served
     finally:
-        served.stop()
+        served.server.stop()
         redis_server.stop()
         drop_namespace(own)
 

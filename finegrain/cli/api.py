@@ -1,0 +1,100 @@
+"""`finegrain api start | stop | status`: the recommendation API under gunicorn."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.errors import FinegrainError
+from finegrain.settings import Settings, get_settings
+
+app = typer.Typer(help="Start, stop and inspect the recommendation API (gunicorn + Falcon).")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Also print the status as one JSON line.")]
+
+
+def _pid_file(settings: Settings) -> Path:
+    return settings.var_dir / "serving" / "api.pid"
+
+
+def _running_pid(settings: Settings) -> int | None:
+    try:
+        pid = int(_pid_file(settings).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@app.command()
+def start(
+    workers: Annotated[int | None, typer.Option(help="Worker processes (FINEGRAIN_API_WORKERS).")] = None,
+    bind: Annotated[str | None, typer.Option(help="host:port (default FINEGRAIN_API_BIND).")] = None,
+) -> None:
+    """Start gunicorn in the background and return once every worker has loaded the datasets and models."""
+    from serving.process import ApiServer
+
+    updates: dict[str, Any] = {}
+    if workers is not None:
+        updates["api_workers"] = workers
+    if bind is not None:
+        updates["api_bind"] = bind
+    settings = get_settings().model_copy(update=updates)
+    running = _running_pid(settings)
+    if running is not None:
+        raise fail(f"the API is already running (gunicorn PID {running}); `finegrain api stop` first")
+    server = ApiServer(settings)
+    try:
+        with console.status(f"starting {settings.api_workers} workers on {settings.api_bind} ..."):
+            server.start()
+    except FinegrainError as exc:
+        raise fail(str(exc)) from None
+    assert server.process is not None
+    _pid_file(settings).write_text(str(server.process.pid))
+    console.print(f"[green]✓[/] API ready on {server.url} (gunicorn PID {server.process.pid}, "
+                  f"log {server.log_path})")
+
+
+@app.command()
+def stop() -> None:
+    """Stop gunicorn (workers finish their requests first)."""
+    settings = get_settings()
+    pid = _running_pid(settings)
+    if pid is None:
+        console.print("the API was not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running_pid(settings) is not None:
+        time.sleep(0.2)
+    _pid_file(settings).unlink(missing_ok=True)
+    console.print(f"API stopped (gunicorn PID {pid})")
+
+
+@app.command()
+def status(json: JsonOption = False) -> None:
+    """Each worker's loaded dataset and model versions (from ZooKeeper); exit 1 if none is running."""
+    from finegrain.storage.clients import zookeeper_client
+    from serving.swap import worker_states
+
+    settings = get_settings()
+    zk = zookeeper_client(settings)
+    try:
+        states = worker_states(settings, zk)
+    finally:
+        zk.stop()
+        zk.close()
+    rows = [(s.get("worker", "?"), jsonlib.dumps(s.get("datasets", {})), jsonlib.dumps(s.get("models", {})),
+             "; ".join(f"{k}: {v}" for k, v in s.get("errors", {}).items()) or "-") for s in states]
+    console.print(summary_table("API workers", rows, ["worker", "datasets", "models", "errors"]))
+    if json:
+        print_json_line({"workers": states})
+    if not states:
+        raise typer.Exit(1)

@@ -1,0 +1,107 @@
+"""Running the API under gunicorn as a child process: used by `finegrain api`, the demo, the load
+benchmark and the integration tests, so all of them start it the same way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from finegrain.errors import FinegrainError
+from finegrain.settings import PROJECT_ROOT, Settings
+
+GUNICORN_CONF = PROJECT_ROOT / "serving" / "gunicorn_conf.py"
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The process environment with every FINEGRAIN_* variable taken from `settings`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FINEGRAIN_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"FINEGRAIN_{name.upper()}"] = str(value)
+    return env
+
+
+class ApiServer:
+    """gunicorn serving `serving.wsgi:app` with `settings`; `start` returns once every worker is ready."""
+
+    def __init__(self, settings: Settings, *, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_path or settings.var_dir / "serving" / "gunicorn.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.api_bind}"
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        self._check_port_free()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = settings_environment(self.settings)
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.settings.var_dir / "serving" / "prometheus"))
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(gunicorn), "-c", str(GUNICORN_CONF), "serving.wsgi:app"], cwd=PROJECT_ROOT, env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise FinegrainError(f"gunicorn exited with {self.process.returncode}; its log: "
+                                     f"{self.log_path}\n{self.log_tail()}")
+            if self.ready_workers() >= self.settings.api_workers:
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise FinegrainError(f"the API was not ready after {timeout_s:.0f} s; its log: {self.log_path}\n"
+                             + self.log_tail())
+
+    def _check_port_free(self) -> None:
+        host, _, port = self.settings.api_bind.rpartition(":")
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host or "127.0.0.1", int(port)))
+            except OSError:
+                raise FinegrainError(f"{self.settings.api_bind} is taken by another process: stop it "
+                                     "(`finegrain api stop`) or set FINEGRAIN_API_BIND") from None
+
+    def ready_workers(self, probes: int = 12) -> int:
+        """How many distinct worker processes answered /readyz with 200 (a request lands on any)."""
+        ready = set()
+        try:
+            # No keep-alive: one connection stays on one worker, and every worker must be asked.
+            with httpx.Client(base_url=self.url, timeout=2.0,
+                              limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                for _ in range(probes):
+                    response = client.get("/readyz")
+                    body = response.json()
+                    # Only this gunicorn's workers count, not an older server still draining the port.
+                    ours = self.process is not None and body.get("master_pid") == self.process.pid
+                    if response.status_code == 200 and ours:
+                        ready.add(body["pid"])
+        except httpx.HTTPError:
+            return 0
+        return len(ready)
+
+    def log_tail(self, characters: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-characters:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
