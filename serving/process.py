@@ -31,9 +31,12 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 class ApiServer:
     """gunicorn serving `serving.wsgi:app` with `settings`; `start` returns once every worker is ready."""
 
-    def __init__(self, settings: Settings, *, log_path: Path | None = None) -> None:
+    def __init__(self, settings: Settings, *, log_path: Path | None = None, metrics_dir: Path | None = None
+                 ) -> None:
         self.settings = settings
         self.log_path = log_path or settings.var_dir / "serving" / "gunicorn.log"
+        # gunicorn empties this folder at start: two servers must not share one.
+        self.metrics_dir = metrics_dir or settings.var_dir / "serving" / "prometheus"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,7 +47,7 @@ class ApiServer:
         self._check_port_free()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = settings_environment(self.settings)
-        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.settings.var_dir / "serving" / "prometheus"))
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         gunicorn = Path(sys.executable).parent / "gunicorn"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

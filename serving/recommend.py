@@ -69,7 +69,9 @@ class Recommender:
         self.redis = redis_client
         self.services = dict(services or {})
         self.channels: list[RecallChannel] = build_channels(config.channels)
-        self.pool = ThreadPoolExecutor(max_workers=max(len(self.channels), 1), thread_name_prefix="recall")
+        pooled = sum(not channel.inline for channel in self.channels)
+        # Room for every request thread of a gthread worker to have its I/O channels in flight.
+        self.pool = ThreadPoolExecutor(max_workers=max(pooled, 1) * 8, thread_name_prefix="recall")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -99,30 +101,56 @@ class Recommender:
 
     def _recall(self, request: RecallRequest, trace: Trace) -> dict[str, Recalled]:
         started = time.perf_counter()
-        futures: list[tuple[RecallChannel, Future[tuple[Recalled, float]]]] = [
-            (channel, self.pool.submit(self._timed, channel, request)) for channel in self.channels]
+        pooled: list[tuple[RecallChannel, Future[tuple[Recalled, float]]]] = [
+            (channel, self.pool.submit(self._timed, channel, request))
+            for channel in self.channels if not channel.inline]
         results: dict[str, Recalled] = {}
-        for channel, future in futures:
+        for channel in self.channels:
+            if not channel.inline:
+                continue
+            try:
+                recalled, seconds = self._timed(channel, request)
+            except Exception as exc:  # a broken channel must not break the request
+                self._failed(channel, exc, trace)
+                continue
+            if seconds > channel.budget_s:
+                self._over_budget(channel, trace)
+                continue
+            self._record(channel, recalled, seconds, results, trace)
+        for channel, future in pooled:
             remaining = started + channel.budget_s - time.perf_counter()
             try:
                 recalled, seconds = future.result(timeout=max(remaining, 0.0))
             except FutureTimeout:
                 future.cancel()
-                metrics.CHANNEL_FAILURES.labels(channel.name, "over_budget").inc()
-                trace.degrade(f"channel {channel.name}: over its {channel.config.budget_ms:g} ms budget")
-                trace.channels[channel.name] = {"candidates": 0, "error": "over budget"}
+                self._over_budget(channel, trace)
                 continue
-            except Exception as exc:  # a broken channel must not break the request
-                log.warning("channel %s failed: %s", channel.name, exc, exc_info=True)
-                metrics.CHANNEL_FAILURES.labels(channel.name, type(exc).__name__).inc()
-                trace.degrade(f"channel {channel.name}: {type(exc).__name__}")
-                trace.channels[channel.name] = {"candidates": 0, "error": type(exc).__name__}
+            except Exception as exc:
+                self._failed(channel, exc, trace)
                 continue
-            results[channel.name] = recalled
-            metrics.CHANNEL_LATENCY.labels(channel.name).observe(seconds)
-            metrics.CHANNEL_CANDIDATES.labels(channel.name).observe(len(recalled))
-            trace.channels[channel.name] = {"candidates": len(recalled), "ms": round(seconds * 1000, 3)}
+            self._record(channel, recalled, seconds, results, trace)
         return results
+
+    @staticmethod
+    def _record(channel: RecallChannel, recalled: Recalled, seconds: float, results: dict[str, Recalled],
+                trace: Trace) -> None:
+        results[channel.name] = recalled
+        metrics.CHANNEL_LATENCY.labels(channel.name).observe(seconds)
+        metrics.CHANNEL_CANDIDATES.labels(channel.name).observe(len(recalled))
+        trace.channels[channel.name] = {"candidates": len(recalled), "ms": round(seconds * 1000, 3)}
+
+    @staticmethod
+    def _over_budget(channel: RecallChannel, trace: Trace) -> None:
+        metrics.CHANNEL_FAILURES.labels(channel.name, "over_budget").inc()
+        trace.degrade(f"channel {channel.name}: over its {channel.config.budget_ms:g} ms budget")
+        trace.channels[channel.name] = {"candidates": 0, "error": "over budget"}
+
+    @staticmethod
+    def _failed(channel: RecallChannel, exc: Exception, trace: Trace) -> None:
+        log.warning("channel %s failed: %s", channel.name, exc, exc_info=True)
+        metrics.CHANNEL_FAILURES.labels(channel.name, type(exc).__name__).inc()
+        trace.degrade(f"channel {channel.name}: {type(exc).__name__}")
+        trace.channels[channel.name] = {"candidates": 0, "error": type(exc).__name__}
 
     @staticmethod
     def _timed(channel: RecallChannel, request: RecallRequest) -> tuple[Recalled, float]:
@@ -149,7 +177,7 @@ class Recommender:
         pop[where[where >= 0]] = popular.scores[:RANKING_POPULAR_DEPTH][where >= 0]
         cosine = data.neighbours["cosine"]
         recent_all = history_scores(profile.history, cosine, data.today, RECENT_ITEM_TO_ITEM, repeat=False)
-        columns = cosine.index(ids.tolist())
+        columns = cosine.index(ids)
         recent = np.where(columns >= 0, recent_all[np.maximum(columns, 0)], 0.0)
         # The size of the candidate set training saw for this user (item-to-item + popular).
         training_candidates = len(i2i_ids) + int((~pd.Index(top_popular).isin(i2i_ids)).sum())

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+import pandas as pd
 import redis
 import scipy.sparse as sp
 
@@ -195,13 +197,16 @@ class NeighbourMatrix:
             matrix = sp.csr_matrix((n, n))
         return cls(ids_sorted, matrix)
 
+    @cached_property
+    def _lookup(self) -> pd.Index:
+        return pd.Index(np.asarray(self.item_ids, dtype=object))  # hash lookups: see ItemTable.index
+
     def index(self, item_ids: Iterable[str]) -> np.ndarray:
         """Row of each id; -1 for an unknown id."""
         ids = np.asarray(list(item_ids), dtype=object)
         if not len(ids) or not len(self.item_ids):
             return np.full(len(ids), -1, dtype=np.int64)
-        position = np.minimum(np.searchsorted(self.item_ids, ids), len(self.item_ids) - 1)
-        return np.where(self.item_ids[position] == ids, position, -1).astype(np.int64)
+        return np.asarray(self._lookup.get_indexer(ids), dtype=np.int64)
 
 
 def seed_matrix(users: np.ndarray, items: np.ndarray, times_bought: np.ndarray, last_bought_day: np.ndarray,

@@ -56,6 +56,10 @@ class RecallChannel(ABC):
     """One source of candidates. `name` is its type in the configuration and its tag in responses."""
 
     name: ClassVar[str]
+    # In-memory channels are a millisecond of NumPy: they run in the request's thread (a thread hop
+    # costs more than that under load) and their budget is checked when they return. Channels that
+    # wait on I/O set this False and run on the worker's pool under a hard timeout.
+    inline: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -11,6 +11,7 @@ from serving.recall.base import RecallChannel, Recalled, RecallRequest
 
 class RuleChannel(RecallChannel):
     name = "rule"
+    inline = False  # reads the shared atom cache in Redis
     config: RuleChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:

@@ -1,0 +1,236 @@
+"""Load test of the recommendation API under gunicorn with wrk, on the real data's datasets and the
+published XGBoost ranker (about 1,000 candidates per request): latency p50/p99 and requests per
+second, the cost of each stage, a model swap in the middle of a run (non-2xx answers, p99 against the
+steady run), and the rule cache's hit rate over 10,000 requests from different users.
+
+Needs the demo's datasets and published ranker (`bin/demo`); starts its own gunicorn on a free port
+with its own metrics folder, so a running API is not disturbed. The swap re-registers the published
+ranker's bytes as a new version, publishes it, and rolls back afterwards.
+Targets (issue 5): p99 <= 25 ms and >= 300 requests/s on this 2-core machine; zero non-2xx and no p99
+above 2x during the swap.
+
+Usage: .venv/bin/python bench/serving_load.py [--duration 20] [--connections 8] [--workers 2] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pandas as pd
+import typer
+
+from finegrain.cli.output import console, print_json_line, summary_table
+from finegrain.settings import PROJECT_ROOT, Settings, get_settings
+from finegrain.storage.clients import redis_client, zookeeper_client
+from models.publishing import ModelPublisher
+from models.registry import ModelRegistry
+from serving.process import ApiServer
+from serving.state import SnapshotError, dataset_versions
+from serving.swap import worker_states
+
+RANKER = "ranker_xgboost"
+LUA = PROJECT_ROOT / "bench" / "lua" / "recommendations.lua"
+DEFAULT_OUT = PROJECT_ROOT / "var" / "reports" / "serving"
+STAGES = ("profile", "recall", "merge", "features", "rank")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def check_ready(settings: Settings) -> None:
+    try:
+        dataset_versions(redis_client(settings))
+    except SnapshotError as exc:
+        raise typer.BadParameter(f"{exc} (run bin/demo first)") from None
+    with ModelPublisher(settings) as publisher:
+        manifest, _ = publisher.published(RANKER)
+    if manifest is None:
+        raise typer.BadParameter(f"no {RANKER} is published: run bin/demo or `finegrain models train-ranker`")
+
+
+def user_file(settings: Settings, folder: Path, seed: int = 0) -> tuple[Path, int]:
+    """Every user of the data in a shuffled order (users first seen after the features' as-of date
+    take the cold-start path, as new customers do), plus 5% never-seen ids."""
+    users = pd.read_parquet(settings.data_dir / "retail" / "events.parquet", columns=["user_id"])["user_id"]
+    ids = users.astype(str).unique().tolist()
+    ids += [f"new-customer-{i}" for i in range(len(ids) // 20)]
+    random.Random(seed).shuffle(ids)
+    path = folder / "users.txt"
+    path.write_text("\n".join(ids) + "\n")
+    return path, len(ids)
+
+
+def run_wrk(url: str, users: Path, *, duration_s: int, connections: int, threads: int = 2) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise typer.BadParameter("wrk is not installed (bin/setup installs it)")
+    result = subprocess.run(
+        [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(LUA), url],
+        env={"FG_USERS": str(users), "FG_N": "20", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+        check=True)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FGJSON "))
+    figures: dict[str, Any] = json.loads(line.removeprefix("FGJSON "))
+    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    figures["p50_ms"] = figures["percentiles_us"]["50"] / 1000
+    figures["p99_ms"] = figures["percentiles_us"]["99"] / 1000
+    return figures
+
+
+_SAMPLE = re.compile(r'^finegrain_stage_seconds_(sum|count)\{stage="(\w+)"\} ([0-9.e+-]+)$')
+_CHANNEL = re.compile(
+    r'^finegrain_channel_(seconds_sum|seconds_count|candidates_sum)\{channel="(\w+)"\} ([0-9.e+-]+)$')
+
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    values: dict[tuple[str, str], float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        for pattern, prefix in ((_SAMPLE, "stage"), (_CHANNEL, "channel")):
+            match = pattern.match(line)
+            if match:
+                kind, name, value = match.groups()
+                values[(f"{prefix}:{kind}", name)] = float(value)
+    return values
+
+
+def stage_costs(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, Any]:
+    def delta(key: tuple[str, str]) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    stages = {}
+    for stage in STAGES:
+        count = delta(("stage:count", stage))
+        if count:
+            stages[stage] = round(1000 * delta(("stage:sum", stage)) / count, 3)
+    channels = {}
+    for (kind, name) in after:
+        if kind == "channel:seconds_count" and delta((kind, name)):
+            count = delta((kind, name))
+            channels[name] = {"ms": round(1000 * delta(("channel:seconds_sum", name)) / count, 3),
+                              "candidates": round(delta(("channel:candidates_sum", name)) / count, 1)}
+    return {"stages_ms": stages, "channels": channels}
+
+
+def swap_during(settings: Settings, delay_s: float, done: dict[str, Any]) -> None:
+    """Re-register the published ranker's bytes as a new version and publish it after `delay_s`."""
+    registry = ModelRegistry(settings)
+    with ModelPublisher(settings) as publisher:
+        current, _ = publisher.published(RANKER)
+        assert current is not None
+        data = registry.fetch_artifact(current)
+        copy = registry.register(RANKER, data, features=list(current.features), metrics=dict(current.metrics),
+                                 params={**dict(current.params), "note": "bench/serving_load.py swap copy"},
+                                 data_snapshot=current.data_snapshot, framework=current.framework)
+        time.sleep(delay_s)
+        done["published_at"] = time.monotonic()
+        result = publisher.publish(RANKER, copy.version, force=True)
+        done.update(version=copy.version, previous=current.version, published=result.published)
+
+
+def wait_rollout(settings: Settings, version: str, timeout_s: float = 60) -> float:
+    started = time.monotonic()
+    zk = zookeeper_client(settings)
+    try:
+        while time.monotonic() - started < timeout_s:
+            states = [s for s in worker_states(settings, zk) if s.get("models", {}).get(RANKER)]
+            if states and all(s["models"][RANKER] == version for s in states):
+                return time.monotonic() - started
+            time.sleep(0.1)
+    finally:
+        zk.stop()
+        zk.close()
+    raise RuntimeError(f"workers did not all serve {version} within {timeout_s} s")
+
+
+def plot(steady: dict[str, Any], swap: dict[str, Any], costs: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, figures in (("steady", steady), ("model swap mid-run", swap)):
+        points = sorted((float(p), v / 1000) for p, v in figures["percentiles_us"].items())
+        left.plot([p for p, _ in points], [v for _, v in points], marker="o", label=label)
+    left.axhline(25, color="red", linestyle="--", label="p99 target 25 ms")
+    left.set(xlabel="percentile", ylabel="latency (ms)", title="GET /v1/recommendations latency (wrk)")
+    left.legend()
+    stages = costs["stages_ms"]
+    right.bar(list(stages), list(stages.values()), color="tab:blue")
+    right.set(ylabel="mean ms per request", title="Cost of each stage (server side)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(
+    duration: Annotated[int, typer.Option(help="Seconds of each measured wrk run.")] = 20,
+    connections: Annotated[int, typer.Option(help="Concurrent HTTP connections.")] = 8,
+    workers: Annotated[int, typer.Option(help="gunicorn worker processes.")] = 2,
+    out: Annotated[Path, typer.Option(help="Folder of the PNG.")] = DEFAULT_OUT,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON line.")] = False,
+) -> None:
+    base = get_settings()
+    check_ready(base)
+    settings = base.model_copy(update={"api_bind": f"127.0.0.1:{free_port()}", "api_workers": workers})
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        folder = Path(tmp)
+        users, n_users = user_file(settings, folder)
+        server = ApiServer(settings, log_path=folder / "gunicorn.log", metrics_dir=folder / "prometheus")
+        with console.status(f"starting gunicorn ({workers} workers)"):
+            server.start()
+        try:
+            with console.status("warming up (5 s)"):
+                run_wrk(server.url, users, duration_s=5, connections=connections)
+            before = scrape(server.url)
+            with console.status(f"steady run: {duration} s, {connections} connections"):
+                steady = run_wrk(server.url, users, duration_s=duration, connections=connections)
+            costs = stage_costs(before, scrape(server.url))
+            swap_info: dict[str, Any] = {}
+            swapper = threading.Thread(target=swap_during, args=(settings, duration / 2, swap_info))
+            with console.status(f"swap run: {duration} s, a new ranker version published half-way"):
+                swapper.start()
+                swap = run_wrk(server.url, users, duration_s=duration, connections=connections)
+                swapper.join()
+            rollout_s = wait_rollout(settings, swap_info["version"])
+            with ModelPublisher(settings) as publisher:
+                publisher.rollback(RANKER, force=True)
+        finally:
+            server.stop()
+    png = out / "latency.png"
+    plot(steady, swap, costs, png)
+    figures = {
+        "machine": f"{socket.gethostname()}, 2 cores", "workers": workers, "connections": connections,
+        "users": n_users, "steady": {k: steady[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
+        "swap": {k: swap[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
+        "swap_p99_ratio": round(swap["p99_ms"] / steady["p99_ms"], 2),
+        "rollout_seconds_after_run": round(rollout_s, 2),
+        **costs, "png": str(png),
+    }
+    rows = [(name, f"{run['rps']:.0f}", f"{run['p50_ms']:.1f}", f"{run['p99_ms']:.1f}", run["non200"])
+            for name, run in (("steady", steady), ("model swap", swap))]
+    columns = ["run", "req/s", "p50 ms", "p99 ms", "non-2xx"]
+    console.print(summary_table("GET /v1/recommendations under wrk", rows, columns))
+    console.print(summary_table("Mean server-side cost per stage (ms)", costs["stages_ms"].items(),
+                                ["stage", "ms"]))
+    console.print(f"latency plot: {png}")
+    if as_json:
+        print_json_line(figures)
+
+
+if __name__ == "__main__":
+    typer.run(main)
