@@ -149,6 +149,10 @@ def load_snapshot(client: redis.Redis, versions: Mapping[str, str] | None = None
         neighbours[algorithm] = NeighbourMatrix.from_lists(lists, item_ids)
     if not neighbours["cosine"].matrix.nnz:
         raise SnapshotError(f"similarity {versions[Dataset.SIMILARITY]}: no cosine neighbour lists")
+    # Build the id hash tables now, on the loader thread, not in the first request after a swap.
+    items.index(items.item_ids[:1])
+    for matrix in neighbours.values():
+        matrix.index(matrix.item_ids[:1])
     return DataSnapshot(versions, items, neighbours, popular, postings, time.perf_counter() - started)
 
 

@@ -98,3 +98,56 @@ def status(json: JsonOption = False) -> None:
         print_json_line({"workers": states})
     if not states:
         raise typer.Exit(1)
+
+
+def _descriptions(settings: Settings) -> dict[str, str]:
+    """Item descriptions from the loaded catalogue, to make the demo's output readable (the API itself
+    answers with ids: clients hold their own catalogue)."""
+    path = settings.data_dir / "retail" / "catalog.parquet"
+    if not path.exists():
+        return {}
+    import pandas as pd
+
+    catalog = pd.read_parquet(path, columns=["item_id", "description"])
+    descriptions = catalog["description"].fillna("").astype(str)
+    return dict(zip(catalog["item_id"].astype(str), descriptions, strict=True))
+
+
+@app.command()
+def recommend(
+    user_ids: Annotated[list[str], typer.Argument(help="User ids (unknown ids get the cold start).")],
+    n: Annotated[int, typer.Option(help="Items per user.")] = 5,
+    scene: Annotated[str | None, typer.Option(help="Scene (default: the configured default).")] = None,
+    explain: Annotated[bool, typer.Option(help="Show each item's top feature contributions.")] = True,
+) -> None:
+    """Ask the running API for recommendations and print them with their channels and explanations."""
+    import httpx
+
+    settings = get_settings()
+    names = _descriptions(settings)
+    for user_id in user_ids:
+        params: dict[str, Any] = {"user_id": user_id, "n": n, "explain": str(explain).lower()}
+        if scene:
+            params["scene"] = scene
+        try:
+            response = httpx.get(f"http://{settings.api_bind}/v1/recommendations", params=params, timeout=10)
+        except httpx.HTTPError as exc:
+            raise fail(f"the API on {settings.api_bind} does not answer ({exc}); start it with "
+                       "`finegrain api start`") from None
+        body = response.json()
+        if response.status_code != 200:
+            raise fail(f"HTTP {response.status_code}: {body.get('error', {}).get('message', body)}")
+        rows = []
+        for item in body["items"]:
+            top = item.get("explanation", [])[:3]
+            why = ", ".join(f"{e['feature']} {e['contribution']:+.2f}" for e in top)
+            rows.append((item["item_id"], names.get(item["item_id"], "")[:34], f"{item['score']:.3f}",
+                         "+".join(item["channels"]), why or "-"))
+        state = "cold start (popular)" if body["cold_start"] else f"ranked by {body['ranker']}"
+        if body["degraded"]:
+            state += f", DEGRADED: {'; '.join(body.get('degraded_reasons', []))}"
+        total = body.get("explain", {}).get("total_ms")
+        timing = f", {total:.1f} ms in the server" if total is not None else ""
+        title = f"user {user_id}: {state}, {body['candidates']} candidates{timing}"
+        columns = ["item", "description", "score", "channels", "why (top features)"]
+        console.print(summary_table(title, rows, columns))
