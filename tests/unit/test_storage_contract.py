@@ -102,7 +102,7 @@ def test_docs_name_every_key_collection_path_and_topic(project_root: Path) -> No
         "{dataset}__{version}",
         "/finegrain/models/{name}",
         "/finegrain/datasets/{dataset}",
-        "/finegrain/workers/{worker_id}",
+        "/finegrain/workers/{host}-{pid}",
         "finegrain.events",
         "finegrain.events.dlq",
     ]
