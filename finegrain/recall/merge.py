@@ -126,7 +126,10 @@ def merge(channels: ChannelLists, quotas: Mapping[str, int], total: int = DEFAUL
         if mask.shape != unique_ids.shape:
             raise ValueError(f"known() returned shape {mask.shape} for {unique_ids.shape} ids")
         allowed &= mask
+    n_channels = len(CHANNELS)
     keep = allowed[item]
+    # A channel listing an item twice keeps its first (best) entry, which alone takes a place in its list.
+    keep &= ~pd.Series(item * n_channels + channel).duplicated().to_numpy()
     item, scores, channel = item[keep], scores[keep], channel[keep]
     if not len(item):
         return _empty()
@@ -136,27 +139,24 @@ def merge(channels: ChannelLists, quotas: Mapping[str, int], total: int = DEFAUL
     run_start = np.flatnonzero(np.concatenate([[True], channel[1:] != channel[:-1]]))
     run_length = np.diff(np.append(run_start, len(channel)))
     position = np.arange(len(item)) - np.repeat(run_start, run_length)
-    quota_of = np.zeros(len(CHANNELS), dtype=np.int64)
+    quota_of = np.zeros(n_channels, dtype=np.int64)
     for name, value in quotas.items():
         quota_of[_channel_index(name)] = value
     entry_quota = quota_of[channel]
     leftover = position >= entry_quota
     round_ = np.where(leftover, position - entry_quota, position)
-    n_channels = len(CHANNELS)
     # One sort key for both phases: quota entries before leftovers, then round, then channel bit.
     key = (leftover.astype(np.int64) * (len(item) + 1) + round_) * n_channels + channel
-    order = np.argsort(key, kind="stable")
+    in_order = item[np.argsort(key, kind="stable")]
+    # An item's place is its first appearance in key order.
+    chosen = in_order[~pd.Series(in_order).duplicated().to_numpy()][:total]
 
-    # An item's place is its first appearance in key order; filtered items never appear.
-    first = np.full(len(unique_ids), len(order), dtype=np.int64)
-    np.minimum.at(first, item[order], np.arange(len(order)))
-    chosen = np.argsort(first, kind="stable")[:min(total, int(allowed.sum()))]
-
-    # If a channel lists an item twice, its first (best) entry's score is the one kept.
-    _, entry = np.unique(item * n_channels + channel, return_index=True)
-    matrix = np.zeros((len(unique_ids), n_channels), dtype=np.float32)
-    matrix[item[entry], channel[entry]] = scores[entry]
-    present = np.zeros((len(unique_ids), n_channels), dtype=bool)
-    present[item, channel] = True
-    bits = present[chosen].astype(np.uint32) @ (np.uint32(1) << np.arange(n_channels, dtype=np.uint32))
-    return MergedCandidates(unique_ids[chosen], matrix[chosen], bits.astype(np.uint32))
+    row_of = np.full(len(unique_ids), -1, dtype=np.int64)
+    row_of[chosen] = np.arange(len(chosen))
+    row = row_of[item]
+    kept = row >= 0
+    matrix = np.zeros((len(chosen), n_channels), dtype=np.float32)
+    matrix[row[kept], channel[kept]] = scores[kept]
+    # (item, channel) pairs are unique by now, so summing the channels' bits is OR-ing them.
+    bits = np.bincount(row[kept], weights=np.left_shift(1, channel[kept]), minlength=len(chosen))
+    return MergedCandidates(unique_ids[chosen], matrix, bits.astype(np.uint32))

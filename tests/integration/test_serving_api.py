@@ -16,14 +16,15 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-from finegrain.codecs import encode
-from finegrain.schemas import ModelManifest
+from finegrain.codecs import decode, encode
+from finegrain.schemas import BehaviorEvent, EventType, ModelManifest
 from finegrain.settings import Settings
-from finegrain.storage.clients import zookeeper_client
-from finegrain.storage.contract import ZkPaths
+from finegrain.storage.clients import ensure_topics, zookeeper_client
+from finegrain.storage.contract import KafkaTopics, ZkPaths
 from models.registry import ModelRegistry
 from serving.process import ApiServer
 from serving.swap import worker_states
+from tests.integration.kafka_reader import TopicReader
 from tests.integration.serving_harness import (
     RANKER,
     DedicatedRedis,
@@ -48,6 +49,7 @@ def deployment(settings: Settings, retail_data: Path, spark: SparkSession,
     own = settings.model_copy(update={
         "redis_url": redis_server.url, "zookeeper_root": f"{settings.zookeeper_root}/serving",
         "mongo_database": f"{settings.mongo_database}_serving", "var_dir": folder,
+        "kafka_topic_prefix": f"{settings.kafka_topic_prefix}_serving",
         "api_bind": f"127.0.0.1:{free_port()}", "api_workers": 2})
     events = retail_data / "events.parquet"
     build_datasets(own, events, spark)
@@ -140,6 +142,34 @@ def test_health_metrics_and_openapi(deployment: ServingDeployment) -> None:
         assert name in metrics
     document = get(deployment, "/openapi.json").json()
     assert "/v1/recommendations" in document["paths"] and "/v1/events" in document["paths"]
+
+
+def test_events_are_produced_to_kafka_and_bad_ones_refused(deployment: ServingDeployment) -> None:
+    settings = deployment.settings
+    topics = KafkaTopics(settings.kafka_topic_prefix)
+    ensure_topics(settings, [topics.events, topics.events_dead_letter])
+    reader = TopicReader(settings, topics.events)
+    try:
+        events = [{"user_id": "13085", "item_id": "85048", "type": "add_to_cart", "quantity": 2,
+                   "timestamp": "2010-12-01T08:26:00Z", "context": {"scene": "home"}},
+                  {"user_id": "13085", "item_id": "22423", "type": "purchase", "price": 12.75}]
+        accepted = httpx.post(f"{deployment.base_url}/v1/events", json={"events": events}, timeout=10)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["accepted"] == 2
+        messages = reader.read_new(2)
+        decoded = [decode(BehaviorEvent, message.value()) for message in messages]
+        assert [m.key() for m in messages] == [b"13085", b"13085"]
+        assert [(e.item_id, e.type) for e in decoded] == [("85048", EventType.ADD_TO_CART),
+                                                          ("22423", EventType.PURCHASE)]
+        assert [e.event_id for e in decoded] == accepted.json()["event_ids"]
+        refused = httpx.post(f"{deployment.base_url}/v1/events",
+                             json={"events": [{"user_id": "13085", "item_id": "1", "type": "teleport"}]})
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == "events[0].type"
+        before = reader.watermarks()
+        time.sleep(0.5)
+        assert reader.watermarks() == before  # nothing of the refused batch reached the events topic
+    finally:
+        reader.close()
 
 
 def _served_versions(settings: Settings) -> list[str]:
