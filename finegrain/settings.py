@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
 
     serving_config: Path | None = Field(
-        None, description="JSON file of the serving configuration (channels, quotas, scenes); unset: defaults."
+        None, description="JSON serving configuration (channels, quotas, scenes); unset: the defaults."
     )
     api_bind: str = Field("127.0.0.1:18080", description="host:port gunicorn binds the API to.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")

@@ -25,6 +25,7 @@ from serving.config import ServingConfig
 from serving.events import EventIngest
 from serving.openapi import OpenApiResource
 from serving.recommend import Recommender
+from serving.rules.service import RuleService
 from serving.swap import Runtime
 
 log = logging.getLogger(__name__)
@@ -62,23 +63,22 @@ class Services:
         self.redis = request_redis(settings, config)
         self.events = EventIngest.from_settings(settings)
         self.rules = build_rules(settings, config, self.runtime, self.redis)
-        self.recommender = Recommender(config, self.redis, {"rules": self.rules.engine} if self.rules else {})
+        self.recommender = Recommender(config, self.redis, {"rules": self.rules})
 
     def start(self) -> None:
         self.runtime.start()
-        if self.rules is not None:
-            self.rules.start()
+        self.rules.start()
 
     def close(self) -> None:
         self.recommender.close()
         self.events.close()
-        if self.rules is not None:
-            self.rules.close()
+        self.rules.close()
         self.runtime.stop()
 
 
-def build_rules(settings: Settings, config: ServingConfig, runtime: Runtime, client: redis.Redis) -> Any:
-    return None  # wired when the rule engine lands
+def build_rules(settings: Settings, config: ServingConfig, runtime: Runtime, client: redis.Redis
+                ) -> RuleService:
+    return RuleService(settings, config, runtime, client)
 
 
 class FinegrainApp(falcon.App):  # type: ignore[type-arg]  # WSGI request/response defaults
@@ -100,8 +100,7 @@ def create_app(settings: Settings | None = None, config: ServingConfig | None = 
     app.add_route("/v1/recommendations", RecommendationsResource(services.runtime, services.recommender))
     app.add_route("/v1/items/{item_id}/similar", SimilarItemsResource(services.runtime))
     app.add_route("/v1/events", EventsResource(services.events))
-    if services.rules is not None:
-        services.rules.mount(app)
+    services.rules.mount(app)
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(services.runtime))
     app.add_route("/metrics", MetricsResource())

@@ -121,6 +121,11 @@ class ZkPaths:
         """UTF-8 version string of the current version of a batch output, watched by serving."""
         return f"{self.root}/datasets/{dataset}"
 
+    def rules(self) -> str:
+        """A change counter of the rule-based recall rules (MongoDB `rules`), bumped on every PUT and
+        DELETE; every serving worker watches it and reloads its in-memory copy of the rules."""
+        return f"{self.root}/rules"
+
     def worker(self, worker_id: str) -> str:
         """Ephemeral: the versions one serving worker has loaded."""
         return f"{self.root}/workers/{worker_id}"

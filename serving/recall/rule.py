@@ -15,9 +15,9 @@ class RuleChannel(RecallChannel):
     config: RuleChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:
-        engine = request.services.get("rules")
-        if engine is None:
+        service = request.services.get("rules")
+        if service is None:
             return Recalled.empty()
-        ids, scores, rules = engine.scene_candidates(request.scene, request.profile, request.data, k)
+        ids, scores, rules = service.candidates(request.scene, request.profile, request.data, k)
         return Recalled(np.asarray(ids, dtype=object), np.asarray(scores, dtype=np.float64),
                         {"rules": rules})

@@ -4,6 +4,7 @@ concurrent requests, a corrupt model refused, and degraded answers once Redis is
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -170,6 +171,44 @@ def test_events_are_produced_to_kafka_and_bad_ones_refused(deployment: ServingDe
         assert reader.watermarks() == before  # nothing of the refused batch reached the events topic
     finally:
         reader.close()
+
+
+RULE = {"where": {"all": [{"category_best_seller": "$user.top_category"},
+                          {"not": {"term": "christmas"}}]},
+        "order": "popularity", "limit": 50, "scenes": ["home"], "description": "favourite category"}
+
+
+def _rule_candidates(deployment: ServingDeployment, user: str) -> tuple[int, list[dict[str, Any]]]:
+    body = get(deployment, "/v1/recommendations", user_id=user, n=200, explain="true").json()
+    return body["explain"]["channels"]["rule"]["candidates"], body["items"]
+
+
+def test_rules_crud_and_rule_recall_on_every_worker(deployment: ServingDeployment, users: list[str]) -> None:
+    url = f"{deployment.base_url}/v1/rules"
+    bad = httpx.put(f"{url}/fav-category", json={**RULE, "where": {"not": {"term": "heart"}}}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["field"].startswith("where")
+    typo = httpx.put(f"{url}/typo", json={**RULE, "where": {"category": "no-such-category-x"}}, timeout=10)
+    assert typo.status_code == 400 and typo.json()["error"]["field"] == "where.category"
+    stored = httpx.put(f"{url}/fav-category", json=RULE, timeout=10)
+    assert stored.status_code == 200, stored.text
+    assert httpx.get(f"{url}/fav-category", timeout=10).json()["definition"]["limit"] == 50
+    assert "fav-category" in json.dumps(httpx.get(url, timeout=10).json())
+    # Every worker (requests land on either) serves the rule: the store follows the ZooKeeper znode.
+    def recalled() -> tuple[int, list[dict[str, Any]]] | None:
+        found = _rule_candidates(deployment, users[3])
+        return found if found[0] > 0 else None
+
+    for _ in range(6):
+        count, items = wait_for(recalled, 20, "the rule channel to recall")
+        assert count <= 50
+    tagged = [item for item in items if "rule" in item["channels"]]
+    assert tagged and all(item["rules"] == ["fav-category"] for item in tagged)
+    preview = httpx.get(f"{url}/fav-category/preview", params={"user_id": users[3]}, timeout=10).json()
+    assert preview["items"] and all(atom["cache"] in ("hit", "miss") for atom in preview["atoms"])
+    assert httpx.delete(f"{url}/fav-category", timeout=10).status_code == 204
+    assert httpx.get(f"{url}/fav-category", timeout=10).status_code == 404
+    wait_for(lambda: all(_rule_candidates(deployment, users[3])[0] == 0 for _ in range(6)), 20,
+             "every worker to drop the deleted rule")
 
 
 def _served_versions(settings: Settings) -> list[str]:

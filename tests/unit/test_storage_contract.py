@@ -71,6 +71,7 @@ def test_key_names() -> None:
     assert ZkPaths("/finegrain").model("ranker_xgboost") == "/finegrain/models/ranker_xgboost"
     assert ZkPaths("/finegrain/").dataset(Dataset.INDEX) == "/finegrain/datasets/index"
     assert ZkPaths().worker("host-1-42") == "/finegrain/workers/host-1-42"
+    assert ZkPaths().rules() == "/finegrain/rules"
     assert KafkaTopics("finegrain").events == "finegrain.events"
     assert KafkaTopics("finegrain").events_dead_letter == "finegrain.events.dlq"
 
@@ -102,6 +103,7 @@ def test_docs_name_every_key_collection_path_and_topic(project_root: Path) -> No
         "{dataset}__{version}",
         "/finegrain/models/{name}",
         "/finegrain/datasets/{dataset}",
+        "/finegrain/rules",
         "/finegrain/workers/{host}-{pid}",
         "finegrain.events",
         "finegrain.events.dlq",
