@@ -1,24 +1,34 @@
-"""One training run of the XGBoost ranker, end to end: train and evaluate on the README protocol
-(`models.evaluate_rankers.evaluate`), store the artifact and its manifest in the registry, then publish
-it to ZooKeeper if it passes its quality gate (the run stays registered either way)."""
+"""One training run of a ranker (XGBoost or TensorFlow), end to end: train and evaluate on the README
+protocol (`models.evaluate_rankers`), store the artifact and its manifest in the registry, then publish
+it to ZooKeeper if it passes its quality gate (the run stays registered either way).
+
+Artifacts: the XGBoost booster as UBJSON bytes (`ranker_xgboost`); the TF ranker as its SavedModel
+folder laid out for TF Serving (`ranker_tf`: `<version>/saved_model.pb`, `variables/`, `assets.extra/`),
+which the registry stores as a deterministic tar. Both are gated on NDCG@20 of the same evaluation."""
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from finegrain.evaluation.protocol import SPLIT_DATE, load_events
 from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings
-from models.evaluate_rankers import RankerEvaluation, evaluate
+from models.evaluate_rankers import RankerEvaluation, TFEvaluation, evaluate, evaluate_tf
 from models.publishing import ModelPublisher, PublishResult
 from models.registry import ModelRegistry
+from models.training_set import TrainingSet
 from models.xgboost_ranker import RankerConfig
 
-MODEL_NAME = "ranker_xgboost"
+KINDS = ("xgboost", "tf")
+MODEL_NAMES = {"xgboost": "ranker_xgboost", "tf": "ranker_tf"}
+FRAMEWORKS = {"xgboost": "xgboost", "tf": "tensorflow"}
+MODEL_NAME = MODEL_NAMES["xgboost"]
 GATE_METRIC = "ndcg@20"
 # Names the evaluation the gate compares on: two versions are comparable only on the same one.
 EVALUATION = f"readme-protocol-{SPLIT_DATE}"
@@ -27,7 +37,7 @@ EVALUATION = f"readme-protocol-{SPLIT_DATE}"
 @dataclass(frozen=True)
 class RankerRun:
     manifest: ModelManifest
-    evaluation: RankerEvaluation
+    evaluation: RankerEvaluation | TFEvaluation
     publish: PublishResult | None
     seconds: float
 
@@ -35,6 +45,7 @@ class RankerRun:
         return {
             "name": self.manifest.name,
             "version": self.manifest.version,
+            "framework": self.manifest.framework,
             "sha256": self.manifest.sha256,
             "metrics": dict(self.manifest.metrics),
             "publish": None if self.publish is None else self.publish.as_dict(),
@@ -42,55 +53,84 @@ class RankerRun:
         }
 
 
-def protocol_metrics(evaluation: RankerEvaluation) -> dict[str, float]:
+def protocol_metrics(evaluation: RankerEvaluation | TFEvaluation) -> dict[str, float]:
     """The ranker's figures on the README protocol, with lower-case names (`ndcg@20`, `auc`, ...)."""
-    figures = evaluation.artifact.metrics["test"]
-    return {name.lower(): float(value) for name, value in figures.items() if value is not None}
+    return {name.lower(): float(value) for name, value in evaluation.test.items() if value is not None}
+
+
+def serving_version(now: datetime | None = None) -> int:
+    """The SavedModel's numeric folder: seconds since the epoch, so the versions of successive runs
+    copied into one TF Serving base path sort in training order (TF Serving serves the highest)."""
+    return int((now or datetime.now(UTC)).timestamp())
 
 
 def train_register_publish(
     settings: Settings,
     events_path: Path,
     *,
+    kind: str = "xgboost",
     rounds: int | None = None,
     objective: str | None = None,
+    epochs: int | None = None,
     max_users: int | None = None,
+    training_set: TrainingSet | None = None,
+    training_set_uri: str = "",
     publish: bool = True,
     say: Any = print,
 ) -> RankerRun:
+    """`training_set`: rows built elsewhere (the Spark job's) instead of building them from the events;
+    the evaluation always reads the events (the README split)."""
+    if kind not in KINDS:
+        raise ValueError(f"ranker kind {kind!r}: one of {', '.join(KINDS)}")
     started = time.perf_counter()
-    config = RankerConfig() if rounds is None else RankerConfig(rounds=rounds)
-    evaluation = evaluate(
-        load_events(events_path), config=config, objective=objective, max_users=max_users, say=say
-    )
-    artifact = evaluation.artifact
-    say(f"registering {MODEL_NAME} ({len(artifact.model):,} bytes)")
-    manifest = ModelRegistry(settings).register(
-        MODEL_NAME,
-        artifact.model,
-        features=artifact.feature_names,
-        metrics=protocol_metrics(evaluation),
-        params={
-            "objective": evaluation.objective,
-            "rounds": str(artifact.config.get("rounds", config.rounds)),
-            "format": artifact.format,
-            "gate_metric": GATE_METRIC,
-            "evaluation": EVALUATION,
-        },
-        data_snapshot=DataSnapshot(
-            as_of_date=SPLIT_DATE.isoformat(),
-            events_uri=str(events_path),
-            rows=int(evaluation.training_set.get("rows", 0)),
-            events_sha256=_sha256(events_path),
-        ),
-        framework="xgboost",
-    )
+    events = load_events(events_path)
+    name = MODEL_NAMES[kind]
+    params: dict[str, object] = {"gate_metric": GATE_METRIC, "evaluation": EVALUATION}
+    if training_set_uri:
+        params["training_set"] = training_set_uri
+    registry = ModelRegistry(settings)
+    evaluation: RankerEvaluation | TFEvaluation
+    if kind == "xgboost":
+        config = RankerConfig() if rounds is None else RankerConfig(rounds=rounds)
+        evaluation = evaluate(events, config=config, objective=objective, max_users=max_users, say=say,
+                              train=training_set)
+        artifact = evaluation.artifact
+        params.update({"objective": evaluation.objective, "format": artifact.format,
+                       "rounds": str(artifact.config.get("rounds", config.rounds))})
+        say(f"registering {name} ({len(artifact.model):,} bytes)")
+        manifest = registry.register(
+            name, artifact.model, features=artifact.feature_names, metrics=protocol_metrics(evaluation),
+            params=params, data_snapshot=_snapshot(events_path, evaluation.training_set),
+            framework=FRAMEWORKS[kind])
+    else:
+        from models.tf_ranker import FORMAT, TFRankerConfig
+
+        tf_config = TFRankerConfig() if epochs is None else TFRankerConfig(epochs=epochs)
+        evaluation = evaluate_tf(events, config=tf_config, max_users=max_users, say=say, train=training_set)
+        ranker = evaluation.ranker
+        params.update({"format": FORMAT, "architecture": tf_config.architecture,
+                       "epochs_run": evaluation.facts.get("epochs_run", ""),
+                       "best_epoch": evaluation.facts.get("best_epoch", ""),
+                       "signature": "serving_default(features float32[None,"
+                                    f"{len(ranker.feature_names)}], item_id string[None]) -> score"})
+        with tempfile.TemporaryDirectory(prefix="ranker_tf_") as folder:
+            version_folder = ranker.export(folder, version=serving_version())
+            say(f"registering {name} (SavedModel {version_folder.name}/)")
+            manifest = registry.register(
+                name, Path(folder), features=ranker.feature_names, metrics=protocol_metrics(evaluation),
+                params=params, data_snapshot=_snapshot(events_path, evaluation.training_set),
+                framework=FRAMEWORKS[kind])
     result = None
     if publish:
-        say(f"publishing {MODEL_NAME} {manifest.version} behind the {GATE_METRIC} gate")
-        with ModelPublisher(settings) as publisher:
-            result = publisher.publish(MODEL_NAME, manifest.version)
+        say(f"publishing {name} {manifest.version} behind the {GATE_METRIC} gate")
+        with ModelPublisher(settings, registry) as publisher:
+            result = publisher.publish(name, manifest.version)
     return RankerRun(manifest, evaluation, result, time.perf_counter() - started)
+
+
+def _snapshot(events_path: Path, training_set: dict[str, Any]) -> DataSnapshot:
+    return DataSnapshot(as_of_date=SPLIT_DATE.isoformat(), events_uri=str(events_path),
+                        rows=int(training_set.get("rows", 0)), events_sha256=_sha256(events_path))
 
 
 def _sha256(path: Path) -> str:

@@ -197,38 +197,68 @@ def status(
                          "checked_at": datetime.now(UTC).isoformat()})
 
 
+def _say(message: str) -> None:
+    console.print(f"[dim]{message}[/]", highlight=False)
+
+
 @app.command("train-ranker")
 def train_ranker_command(
+    kind: Annotated[str, typer.Option(
+        "--kind", help="xgboost (model ranker_xgboost) or tf (ranker_tf: the TensorFlow deep ranker, "
+        "registered as its SavedModel folder).")] = "xgboost",
     events: Annotated[Path | None, typer.Option(
         "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
         show_default=False)] = None,
     rounds: Annotated[int | None, typer.Option(
-        "--rounds", min=1, help="Boosting rounds (default: the ranker's tuned setting).",
+        "--rounds", min=1, help="XGBoost: boosting rounds (default: the ranker's tuned setting).",
         show_default=False)] = None,
     objective: Annotated[str | None, typer.Option(
-        "--objective", help="binary:logistic, rank:ndcg or rank:pairwise; default: chosen on the validation "
-        "cut-off.", show_default=False)] = None,
+        "--objective", help="XGBoost: binary:logistic, rank:ndcg or rank:pairwise; default: chosen on the "
+        "validation cut-off.", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help="TF: at most this many epochs (early stopping may end sooner).",
+        show_default=False)] = None,
     max_users: Annotated[int | None, typer.Option(
         "--max-users", min=1, help="Train on at most this many users per cut-off (quick runs); the "
         "evaluation always uses every README user.", show_default=False)] = None,
+    training_set: Annotated[Path | None, typer.Option(
+        "--training-set", help="Train on this pre-built training set (a folder written by "
+        "spark_jobs/training_set.py, or a Parquet file) instead of building one from the events; the "
+        "evaluation still reads the events.", show_default=False)] = None,
     publish: Annotated[bool, typer.Option(
         "--publish/--no-publish", help="Publish the run to ZooKeeper if it passes its gate.")] = True,
     json: JsonOption = False,
 ) -> None:
-    """Train the XGBoost ranker, evaluate it on the README protocol, register it, publish it if it passes."""
-    from models.train_ranker import train_register_publish
+    """Train a ranker, evaluate it on the README protocol, register it, publish it if it passes its gate."""
+    from models.train_ranker import KINDS, train_register_publish
 
+    if kind not in KINDS:
+        raise fail(f"--kind {kind!r}: choose {' or '.join(KINDS)}")
+    if kind == "tf" and (rounds is not None or objective is not None):
+        raise fail("--rounds and --objective are XGBoost settings (the TF ranker takes --epochs)")
+    if kind == "xgboost" and epochs is not None:
+        raise fail("--epochs is a TF setting (XGBoost takes --rounds)")
     settings = get_settings()
     events_path = events if events is not None else settings.data_dir / "retail" / "events.parquet"
     if not events_path.exists():
         raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
     if objective is not None and objective not in ("binary:logistic", "rank:ndcg", "rank:pairwise"):
         raise fail(f"--objective {objective!r}: choose binary:logistic, rank:ndcg or rank:pairwise")
+    if training_set is not None and max_users is not None:
+        raise fail("--max-users samples the users of a training set built here: not with --training-set")
     try:
-        run = train_register_publish(settings, events_path, rounds=rounds, objective=objective,
-                                     max_users=max_users, publish=publish,
-                                     say=lambda message: console.print(f"[dim]{message}[/]", highlight=False))
-    except FinegrainError as exc:
+        prebuilt = None
+        if training_set is not None:
+            from models.training_set_io import read_training_set
+
+            prebuilt = read_training_set(training_set)
+            _say(f"read the training set {training_set}: {prebuilt.summary()}")
+        run = train_register_publish(settings, events_path, kind=kind, rounds=rounds, objective=objective,
+                                     epochs=epochs, max_users=max_users, publish=publish,
+                                     training_set=prebuilt,
+                                     training_set_uri="" if training_set is None else str(training_set),
+                                     say=_say)
+    except (FinegrainError, ValueError, FileNotFoundError) as exc:  # bad input: one line, no traceback
         raise fail(str(exc)) from None
     rows = [(name, f"{value:.4f}") for name, value in sorted(run.manifest.metrics.items())]
     console.print(summary_table(f"{run.manifest.name} {run.manifest.version} (README protocol)", rows,
@@ -238,4 +268,36 @@ def train_ranker_command(
     if json:
         print_json_line(run.as_dict())
     if run.publish is not None and run.publish.refused:
-        raise typer.Exit(1)
+        raise typer.Exit(REFUSED)
+
+
+@app.command("train-embeddings")
+def train_embeddings_command(
+    events: Annotated[Path | None, typer.Option(
+        "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
+        show_default=False)] = None,
+    publish: Annotated[bool, typer.Option(
+        "--publish/--no-publish", help="Publish the run to ZooKeeper if it passes its gate.")] = True,
+    json: JsonOption = False,
+) -> None:
+    """Train the ALS embeddings + ANN index, evaluate the channel on the README protocol, register it,
+    publish it if it passes its gate (recall@200)."""
+    from models.train_embeddings import train_register_publish
+
+    settings = get_settings()
+    events_path = events if events is not None else settings.data_dir / "retail" / "events.parquet"
+    if not events_path.exists():
+        raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
+    try:
+        run = train_register_publish(settings, events_path, publish=publish, say=_say)
+    except (FinegrainError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    rows = [(name, f"{value:.4f}") for name, value in sorted(run.manifest.metrics.items())]
+    console.print(summary_table(f"{run.manifest.name} {run.manifest.version} (README protocol)", rows,
+                                ["metric", "value"]))
+    if run.publish is not None:
+        console.print(("published: " if run.publish.published else "not published: ") + run.publish.reason)
+    if json:
+        print_json_line(run.as_dict())
+    if run.publish is not None and run.publish.refused:
+        raise typer.Exit(REFUSED)
