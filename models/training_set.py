@@ -25,7 +25,7 @@ driver, less than a Spark session takes to start; the heavy parts are already sh
 definitions (per-user profiles, the similarity kernels) that the Spark jobs call inside
 `applyInPandas` / `foreachPartition`, so moving this builder to Spark at 100x scale is a matter of
 grouping users into partitions and calling `rows_for_users` per partition, with the cut-off's
-neighbour matrix and item table broadcast.
+neighbour matrix and item table broadcast: `spark_jobs/training_set.py` does exactly that (same rows).
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ class CutoffInputs:
     neighbours: NeighbourMatrix
     popular: np.ndarray  # item ids, most distinct buyers first (ties by id)
     popular_scores: np.ndarray
+    # What `user_profiles` needs about items as of the cut-off: kept so profiles can be built later,
+    # elsewhere (the Spark builder builds them per partition of users).
+    lookup: ItemLookup | None = None
 
     @classmethod
     def build(cls, history: pd.DataFrame, cutoff: date, users: Iterable[str] | None = None,
@@ -106,7 +109,7 @@ class CutoffInputs:
         buyers = history.groupby("item_id")["user_id"].nunique().reset_index()
         buyers = buyers.sort_values(["user_id", "item_id"], ascending=[False, True])
         return cls(cutoff, table, profiles, cosine_neighbours(history, similarity),
-                   buyers["item_id"].to_numpy(dtype=object), buyers["user_id"].to_numpy(np.float64))
+                   buyers["item_id"].to_numpy(dtype=object), buyers["user_id"].to_numpy(np.float64), lookup)
 
 
 def item_attributes_as_of(history: pd.DataFrame) -> pd.DataFrame:
@@ -250,6 +253,28 @@ def rows_for_users(inputs: CutoffInputs, users: Sequence[str], labels: pd.DataFr
         group_sizes=np.asarray(sizes, dtype=np.int64), n_targets=np.asarray(n_targets, dtype=np.int64))
 
 
+def cutoff_users(point: PointInTime, max_users: int | None = None, seed: int = 0) -> np.ndarray:
+    """The cut-off's users, sorted: a purchase before it and in its label window; `max_users` draws
+    that many of them (the same draw for the same seed, whichever builder asks)."""
+    users = np.intersect1d(point.history["user_id"].astype(str).unique(),
+                           point.labels["user_id"].astype(str).unique())
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    return users
+
+
+def check_cutoffs(cutoffs: Iterable[date], as_of: date, label_days: int = LABEL_DAYS) -> list[date]:
+    """The cut-offs sorted, refused if none or if a label window runs past the as-of date."""
+    dates = sorted(cutoffs)
+    if not dates:
+        raise ValueError("no cut-off date given")
+    late = [d for d in dates if d + timedelta(days=label_days) > as_of]
+    if late:
+        raise ValueError(f"cut-off(s) {', '.join(map(str, late))}: their {label_days}-day label window runs "
+                         f"past the as-of date {as_of} (it would train on the evaluation window)")
+    return dates
+
+
 def build_cutoff(events: pd.DataFrame, cutoff: date, *, label_days: int = LABEL_DAYS,
                  config: CandidateConfig | None = None, max_users: int | None = None,
                  seed: int = 0) -> TrainingSet:
@@ -257,10 +282,7 @@ def build_cutoff(events: pd.DataFrame, cutoff: date, *, label_days: int = LABEL_
     config = config or CandidateConfig()
     started = time.perf_counter()
     point = PointInTime.split(events, cutoff, label_days)
-    users = np.intersect1d(point.history["user_id"].astype(str).unique(),
-                           point.labels["user_id"].astype(str).unique())
-    if max_users is not None and len(users) > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    users = cutoff_users(point, max_users, seed)
     inputs = CutoffInputs.build(point.history, cutoff, users)
     built = time.perf_counter()
     rows = rows_for_users(inputs, users.tolist(), point.labels, config)
@@ -274,13 +296,7 @@ def build_training_set(events: pd.DataFrame, cutoffs: Iterable[date], *, as_of: 
                        max_users: int | None = None) -> TrainingSet:
     """Rows of every cut-off; each label window must end by `as_of` (the model's own as-of date), so
     nothing at or after it (the evaluation window) can reach training."""
-    dates = sorted(cutoffs)
-    if not dates:
-        raise ValueError("no cut-off date given")
-    late = [d for d in dates if d + timedelta(days=label_days) > as_of]
-    if late:
-        raise ValueError(f"cut-off(s) {', '.join(map(str, late))}: their {label_days}-day label window runs "
-                         f"past the as-of date {as_of} (it would train on the evaluation window)")
+    dates = check_cutoffs(cutoffs, as_of, label_days)
     events = events.loc[epoch_ms(events["timestamp"]) < midnight_ms(as_of)]
     return TrainingSet.concat([build_cutoff(events, d, label_days=label_days, config=config,
                                             max_users=max_users) for d in dates])

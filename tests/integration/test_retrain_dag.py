@@ -1,0 +1,167 @@
+"""The manual retrain DAG (dags/finegrain_retrain.py): light and quick to import, the task graph and the
+rendered ranker commands (training-set path shared by its two tasks), and a real `dag.test()` run of
+the embeddings branch that registers and publishes a version on the local stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finegrain.codecs import decode
+from finegrain.schemas import ModelManifest
+from finegrain.settings import Settings
+from finegrain.storage.clients import mongo_client, zookeeper_client
+from finegrain.storage.contract import ZkPaths
+from models.registry import ModelRegistry
+
+pytestmark = pytest.mark.integration
+
+PROJECT = Path(__file__).resolve().parents[2]
+DAG_FILE = PROJECT / "dags" / "finegrain_retrain.py"
+RUNNER = Path(__file__).with_name("dag_runner.py")
+RUN_ID = "manual__2026-11-27T10:00:00+00:00"
+
+INSPECT = """
+import json, sys, time, importlib.util
+import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit
+import airflow.providers.standard.operators.bash, airflow.providers.standard.operators.python
+before = set(sys.modules)
+started = time.perf_counter()
+spec = importlib.util.spec_from_file_location("finegrain_retrain", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+seconds = time.perf_counter() - started
+heavy_roots = {"pyspark", "pandas", "numpy", "tensorflow", "xgboost", "faiss", "finegrain", "spark_jobs",
+               "models"}
+heavy = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in heavy_roots)
+dag = module.dag
+out = {"seconds": seconds, "heavy": heavy, "schedule": str(dag.schedule),
+       "params": {name: dag.params[name] for name in dag.params},
+       "downstream": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks},
+       "branch": {m: module.choose_model({"model": m}) for m in module.MODELS}, "rendered": {}}
+for model in ("ranker_xgboost", "ranker_tf", "embeddings_als"):
+    context = {"params": {"model": model, "as_of": "2010-10-01", "events": "/data/ev.parquet"},
+               "run_id": sys.argv[2]}
+    tasks = {t.task_id: t for t in dag.tasks}
+    out["rendered"][model] = {
+        "spark_args": tasks["build_training_set"].render_template(
+            tasks["build_training_set"].application_args, context),
+        "train_ranker": tasks["train_ranker"].render_template(tasks["train_ranker"].bash_command, context),
+        "train_embeddings": tasks["train_embeddings"].render_template(
+            tasks["train_embeddings"].bash_command, context),
+    }
+try:
+    module.choose_model({"model": "ranker_lightgbm"})
+except ValueError as exc:
+    out["unknown"] = str(exc)
+print("INSPECT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def inspected() -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-c", INSPECT, str(DAG_FILE), RUN_ID], capture_output=True,
+                            text=True, timeout=180, env={**os.environ, "FINEGRAIN_VAR_DIR": "/srv/fg/var"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("INSPECT "))
+    found: dict[str, Any] = json.loads(line.removeprefix("INSPECT "))
+    return found
+
+
+def test_dag_imports_quickly_and_only_airflow(inspected: dict[str, Any]) -> None:
+    assert inspected["heavy"] == []
+    assert inspected["seconds"] < 1.0, inspected["seconds"]
+
+
+def test_task_graph_and_params(inspected: dict[str, Any]) -> None:
+    assert inspected["schedule"] == "None"
+    assert inspected["params"]["model"] == "ranker_xgboost" and inspected["params"]["as_of"] == "2010-11-10"
+    assert inspected["downstream"] == {
+        "choose_model": ["build_training_set", "train_embeddings"],
+        "build_training_set": ["train_ranker"],
+        "train_ranker": [],
+        "train_embeddings": [],
+    }
+    assert inspected["branch"] == {"ranker_xgboost": "build_training_set", "ranker_tf": "build_training_set",
+                                   "embeddings_als": "train_embeddings"}
+    assert "unknown model 'ranker_lightgbm'" in inspected["unknown"]
+
+
+def test_rendered_ranker_commands_share_the_training_set(inspected: dict[str, Any]) -> None:
+    path = "/srv/fg/var/training_sets/retrain/2010-10-01-manual__2026-11-27T100000_0000"
+    for model, kind in (("ranker_xgboost", "xgboost"), ("ranker_tf", "tf")):
+        rendered = inspected["rendered"][model]
+        assert rendered["spark_args"] == ["--as-of", "2010-10-01", "--events", "/data/ev.parquet",
+                                          "--out", path]
+        command = rendered["train_ranker"]
+        assert "-m finegrain.cli models train-ranker" in command
+        assert f" --kind {kind} " in command
+        assert f"--training-set '{path}'" in command and "--events '/data/ev.parquet'" in command
+    embeddings = inspected["rendered"]["embeddings_als"]["train_embeddings"]
+    assert embeddings.endswith("-m models.train_embeddings --events '/data/ev.parquet' --as-of '2010-10-01' "
+                               "--json")
+
+
+@pytest.fixture(scope="module")
+def dag_settings(settings: Settings) -> Iterator[Settings]:
+    """A registry and ZooKeeper root of its own: the run's gate compares against nothing another test
+    published."""
+    own = settings.model_copy(update={"mongo_database": settings.mongo_database + "_retrain",
+                                      "zookeeper_root": settings.zookeeper_root + "_retrain"})
+    yield own
+    zk = zookeeper_client(own)
+    zk.delete(own.zookeeper_root, recursive=True)
+    zk.stop()
+    client = mongo_client(own)
+    client.drop_database(own.mongo_database)
+    client.close()
+
+
+def test_embeddings_branch_registers_and_publishes(dag_settings: Settings, retail_data: Path,
+                                                   tmp_path: Path) -> None:
+    home = tmp_path / "airflow"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW_CONN_FINEGRAIN_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "FINEGRAIN_REDIS_URL": dag_settings.redis_url,
+        "FINEGRAIN_MONGO_DATABASE": dag_settings.mongo_database,
+        "FINEGRAIN_ZOOKEEPER_ROOT": dag_settings.zookeeper_root,
+        "FINEGRAIN_KAFKA_TOPIC_PREFIX": dag_settings.kafka_topic_prefix,
+        "FINEGRAIN_VAR_DIR": str(tmp_path / "var"),
+    }
+    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    conf = {"model": "embeddings_als", "events": str(retail_data / "events.parquet")}
+    result = subprocess.run(
+        [sys.executable, str(RUNNER), str(DAG_FILE), "finegrain_retrain", "2010-11-10T00:00:00+00:00",
+         json.dumps(conf)],
+        env=env, capture_output=True, text=True, timeout=600)
+    tail = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == 0, tail
+    states = dict(line.split()[1:3] for line in result.stdout.splitlines() if line.startswith("TASK "))
+    assert states == {"choose_model": "success", "train_embeddings": "success",
+                      "build_training_set": "skipped", "train_ranker": "skipped"}, tail
+    assert "DAG_RUN_STATE success" in result.stdout
+
+    entries = ModelRegistry(dag_settings).list("embeddings_als")
+    assert len(entries) == 1 and entries[0].published, entries
+    manifest = entries[0].manifest
+    assert manifest.params["gate_metric"] == "recall@200" and manifest.metrics["recall@200"] > 0.4
+    zk = zookeeper_client(dag_settings)
+    try:
+        data, _ = zk.get(ZkPaths(dag_settings.zookeeper_root).model("embeddings_als"))
+    finally:
+        zk.stop()
+    assert decode(ModelManifest, data) == manifest
+    assert not (tmp_path / "var" / "training_sets").exists()  # the Spark branch did not run

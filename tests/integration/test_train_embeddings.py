@@ -1,0 +1,92 @@
+"""`models.train_embeddings`: a real ALS run on the real data, registered and published to ZooKeeper
+behind its recall@200 gate; the published artifact rebuilds the same index; a worse run is stored but
+refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finegrain.codecs import decode
+from finegrain.recall.embedding import EmbeddingIndex
+from finegrain.schemas import ModelManifest
+from finegrain.settings import Settings
+from finegrain.storage.clients import zookeeper_client
+from finegrain.storage.contract import ZkPaths
+from models.embeddings import AlsConfig
+from models.publishing import ModelPublisher
+from models.registry import ModelRegistry
+from models.train_embeddings import GATE_METRIC, MODEL_NAME, EmbeddingRun, main, train_register_publish
+
+pytestmark = pytest.mark.integration
+
+# Fewer iterations than the default keep the test short; still far above MostPop's Recall@200 (0.289).
+QUICK = AlsConfig(iterations=4)
+
+
+def znode_manifest(settings: Settings) -> ModelManifest:
+    zk = zookeeper_client(settings)
+    try:
+        data, _ = zk.get(ZkPaths(settings.zookeeper_root).model(MODEL_NAME))
+    finally:
+        zk.stop()
+    return decode(ModelManifest, data)
+
+
+@pytest.fixture(scope="module")
+def first(settings: Settings, retail_data: Path) -> EmbeddingRun:
+    return train_register_publish(settings, retail_data / "events.parquet", config=QUICK, say=lambda _: None)
+
+
+def test_run_is_registered_and_published(first: EmbeddingRun, settings: Settings) -> None:
+    assert first.publish is not None and first.publish.published and first.publish.changed
+    metrics = first.manifest.metrics
+    assert {"recall@20", "recall@200", "ndcg@20"} <= set(metrics)
+    assert metrics["recall@200"] > 0.289 + 0.1 and metrics["recall@20"] > 0.067 + 0.05
+    assert metrics["recall@20"] <= metrics["recall@200"]
+    assert first.manifest.params["gate_metric"] == GATE_METRIC
+    assert first.manifest.params["iterations"] == "4"
+    assert first.manifest.data_snapshot.as_of_date == "2010-11-10"
+    assert first.manifest.data_snapshot.rows > 300_000
+    assert znode_manifest(settings) == first.manifest
+    entry = ModelRegistry(settings).get(MODEL_NAME, first.manifest.version)
+    assert entry.published and entry.manifest == first.manifest
+
+
+def test_published_artifact_rebuilds_the_same_index(first: EmbeddingRun, settings: Settings) -> None:
+    data = ModelRegistry(settings).fetch_artifact(znode_manifest(settings))  # checks the sha256
+    model = EmbeddingIndex.from_bytes(data)
+    assert model.item_ids.astype(str).tolist() == first.model.item_ids.astype(str).tolist()
+    users = first.model.user_ids.astype(str)[::400][:8]
+    assert len(users) == 8
+    for user in users:
+        ours, theirs = first.model.recommend(20, user_id=user), model.recommend(20, user_id=user)
+        assert theirs.item_ids == ours.item_ids and len(ours.item_ids) == 20
+        np.testing.assert_allclose(theirs.scores, ours.scores, rtol=1e-6)
+
+
+def test_worse_run_is_stored_but_refused(first: EmbeddingRun, settings: Settings, retail_data: Path) -> None:
+    worse = train_register_publish(settings, retail_data / "events.parquet",
+                                   config=AlsConfig(factors=2, iterations=1), say=lambda _: None)
+    assert worse.publish is not None and worse.publish.refused and not worse.publish.published
+    assert worse.manifest.metrics["recall@200"] < first.manifest.metrics["recall@200"] - 0.01
+    assert "worse" in worse.publish.reason and GATE_METRIC in worse.publish.reason
+    # Still registered, never published; the znode keeps the first run.
+    versions = {e.version: e for e in ModelRegistry(settings).list(MODEL_NAME)}
+    assert worse.manifest.version in versions and not versions[worse.manifest.version].published
+    assert znode_manifest(settings) == first.manifest
+    with ModelPublisher(settings) as publisher:
+        assert publisher.status(MODEL_NAME).published == first.manifest
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                   ) -> None:
+    """In process: the DAG test runs `python -m models.train_embeddings` end to end."""
+    assert main(["--events", str(tmp_path / "none.parquet"), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "no events at" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # no JSON line for a run that did not happen
+    assert main(["--as-of", "2010-02-30"]) == 2
+    assert "bad --as-of '2010-02-30'" in capsys.readouterr().err
