@@ -33,11 +33,11 @@ import typer
 from finegrain.cli.output import console, print_json_line, summary_table
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
 from finegrain.storage.clients import redis_client, zookeeper_client
+from finegrain.storage.workers import worker_states
 from models.publishing import ModelPublisher
 from models.registry import ModelRegistry
 from serving.process import ApiServer
 from serving.state import SnapshotError, dataset_versions
-from serving.swap import worker_states
 
 RANKER = "ranker_xgboost"
 LUA = PROJECT_ROOT / "bench" / "lua" / "recommendations.lua"

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from finegrain.codecs import decode
@@ -38,6 +38,7 @@ from finegrain.schemas import ModelManifest
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import ZkPaths
+from finegrain.storage.workers import worker_states as worker_states
 from models.registry import ModelRegistry, RegistryError
 from serving import metrics
 from serving.config import RANKER_MODELS, EmbeddingChannelConfig, ServingConfig
@@ -297,20 +298,3 @@ def _work_dir(settings: Settings) -> Path:
     folder = settings.var_dir / "serving" / "models"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def worker_states(settings: Settings, zk: KazooClient) -> list[dict[str, Any]]:
-    """What each live worker serves (its ephemeral znode), for `finegrain models status`."""
-    root = f"{ZkPaths(settings.zookeeper_root).root}/workers"
-    try:
-        children = zk.get_children(root)
-    except NoNodeError:
-        return []
-    states = []
-    for child in sorted(children):
-        try:
-            data, _ = zk.get(f"{root}/{child}")
-        except NoNodeError:
-            continue  # the worker went away between the listing and the read
-        states.append(json.loads(data or b"{}"))
-    return states

@@ -82,7 +82,7 @@ def stop() -> None:
 def status(json: JsonOption = False) -> None:
     """Each worker's loaded dataset and model versions (from ZooKeeper); exit 1 if none is running."""
     from finegrain.storage.clients import zookeeper_client
-    from serving.swap import worker_states
+    from finegrain.storage.workers import worker_states
 
     settings = get_settings()
     zk = zookeeper_client(settings)

@@ -18,6 +18,7 @@ from rich.table import Table
 from finegrain.cli.output import console, fail, print_json_line, summary_table
 from finegrain.errors import FinegrainError
 from finegrain.settings import get_settings
+from finegrain.storage.workers import rollout, worker_states
 from models.publishing import DEFAULT_TOLERANCE, ModelPublisher, ModelStatus, PublishResult
 from models.registry import ModelEntry, ModelRegistry
 
@@ -188,12 +189,23 @@ def status(
     with _publisher() as publisher:
         names = [name] if name is not None else publisher.names()
         statuses = [publisher.status(one) for one in names]
+        workers = worker_states(publisher.settings, publisher.zk)
     if not statuses:
         console.print("no model is registered")
+    rollouts = {}
     for one in statuses:
         console.print(_status_table(one))
+        published = None if one.published is None else one.published.version
+        rollouts[one.name] = progress = rollout(workers, one.name, published)
+        if workers:
+            others = ", ".join(f"{count} on {version}" for version, count in progress["versions"].items()
+                               if version != published)
+            line = f"rollout: {progress['on_published']}/{progress['workers']} API workers serve {published}"
+            console.print(line + (f" ({others})" if others else ""), highlight=False)
+            for error in progress["errors"]:
+                console.print(f"[red]refused by a worker:[/] {error}", highlight=False)
     if as_json:
-        print_json_line({"models": [one.as_dict() for one in statuses],
+        print_json_line({"models": [one.as_dict() | {"rollout": rollouts[one.name]} for one in statuses],
                          "checked_at": datetime.now(UTC).isoformat()})
 
 

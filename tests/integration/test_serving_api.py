@@ -22,9 +22,9 @@ from finegrain.schemas import BehaviorEvent, EventType, ModelManifest
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics, zookeeper_client
 from finegrain.storage.contract import KafkaTopics, ZkPaths
+from finegrain.storage.workers import worker_states
 from models.registry import ModelRegistry
 from serving.process import ApiServer
-from serving.swap import worker_states
 from tests.integration.kafka_reader import TopicReader
 from tests.integration.serving_harness import (
     RANKER,
