@@ -124,6 +124,67 @@ def stage_costs(before: dict[tuple[str, str], float], after: dict[tuple[str, str
     return {"stages_ms": stages, "channels": channels}
 
 
+BENCH_RULES = {
+    "bench-favourite-category": {"where": {"all": [{"category_best_seller": "$user.top_category"},
+                                                   {"price_band_max": "$user.price_band"}]},
+                                 "order": "popularity", "limit": 100, "scenes": ["home"]},
+    "bench-country-new": {"where": {"all": [{"country_best_seller": "$user.country"},
+                                            {"not": {"term": "christmas"}}]},
+                          "order": "popularity", "limit": 100, "scenes": ["home"]},
+    "bench-top-term-cheap": {"where": {"all": [{"term": "$user.top_term"}, {"price_band_max": 3}]},
+                             "order": "price_asc", "limit": 50, "scenes": ["home"]},
+}
+_ATOMS = re.compile(r'^finegrain_rule_atom_requests_total\{result="(hit|miss)"\} ([0-9.e+-]+)$')
+
+
+def atom_counts(url: str) -> dict[str, float]:
+    counts = {"hit": 0.0, "miss": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        match = _ATOMS.match(line)
+        if match:
+            counts[match.group(1)] = float(match.group(2))
+    return counts
+
+
+def rule_hit_rate(settings: Settings, url: str, users: Path, requests: int = 10_000, threads: int = 4
+                  ) -> dict[str, Any]:
+    """Hit rate of the shared atom cache over `requests` recommendations from different users, starting
+    from an empty cache, with the bench rules active; the curve is read every 1,000 requests."""
+    client = redis_client(settings)
+    stale = list(client.scan_iter(match="fg:rule:*", count=1000))
+    if stale:
+        client.delete(*stale)
+    ids = users.read_text().split()
+    start = atom_counts(url)
+    curve: list[tuple[int, float]] = []
+    done = 0
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        nonlocal done
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for i in range(offset, requests, threads):
+                http.get("/v1/recommendations", params={"user_id": ids[i % len(ids)], "n": 20})
+                with lock:
+                    done += 1
+                    if done % 1000 == 0:
+                        now = atom_counts(url)
+                        hits, misses = now["hit"] - start["hit"], now["miss"] - start["miss"]
+                        curve.append((done, hits / max(hits + misses, 1)))
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    end = atom_counts(url)
+    hits, misses = end["hit"] - start["hit"], end["miss"] - start["miss"]
+    rate = hits / max(hits + misses, 1)
+    return {"requests": requests, "atom_lookups": int(hits + misses), "hit_rate": round(rate, 4),
+            "curve": [(n, round(rate, 4)) for n, rate in sorted(curve)],
+            "atom_keys": sum(1 for _ in client.scan_iter(match="fg:rule:*", count=1000))}
+
+
 def swap_during(settings: Settings, delay_s: float, done: dict[str, Any]) -> None:
     """Re-register the published ranker's bytes as a new version and publish it after `delay_s`."""
     registry = ModelRegistry(settings)
@@ -155,13 +216,14 @@ def wait_rollout(settings: Settings, version: str, timeout_s: float = 60) -> flo
     raise RuntimeError(f"workers did not all serve {version} within {timeout_s} s")
 
 
-def plot(steady: dict[str, Any], swap: dict[str, Any], costs: dict[str, Any], path: Path) -> None:
+def plot(steady: dict[str, Any], swap: dict[str, Any], costs: dict[str, Any], rules: dict[str, Any],
+         path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(17, 4.5))
     for label, figures in (("steady", steady), ("model swap mid-run", swap)):
         points = sorted((float(p), v / 1000) for p, v in figures["percentiles_us"].items())
         left.plot([p for p, _ in points], [v for _, v in points], marker="o", label=label)
@@ -171,6 +233,9 @@ def plot(steady: dict[str, Any], swap: dict[str, Any], costs: dict[str, Any], pa
     stages = costs["stages_ms"]
     right.bar(list(stages), list(stages.values()), color="tab:blue")
     right.set(ylabel="mean ms per request", title="Cost of each stage (server side)")
+    third.plot([n for n, _ in rules["curve"]], [100 * rate for _, rate in rules["curve"]], marker="o")
+    third.set(xlabel="requests from different users", ylabel="atom cache hit rate (%)", ylim=(0, 100),
+              title="Rule recall: shared atom cache hit rate")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -194,6 +259,11 @@ def main(
         with console.status(f"starting gunicorn ({workers} workers)"):
             server.start()
         try:
+            for name, rule in BENCH_RULES.items():
+                httpx.put(f"{server.url}/v1/rules/{name}", json=rule, timeout=10).raise_for_status()
+            time.sleep(1.0)  # every worker reloads the rules on the znode change
+            with console.status("rule cache: 10,000 requests from different users, from an empty cache"):
+                rules = rule_hit_rate(settings, server.url, users)
             with console.status("warming up (5 s)"):
                 run_wrk(server.url, users, duration_s=5, connections=connections)
             before = scrape(server.url)
@@ -210,16 +280,18 @@ def main(
             with ModelPublisher(settings) as publisher:
                 publisher.rollback(RANKER, force=True)
         finally:
+            for name in BENCH_RULES:
+                httpx.delete(f"{server.url}/v1/rules/{name}", timeout=10)
             server.stop()
     png = out / "latency.png"
-    plot(steady, swap, costs, png)
+    plot(steady, swap, costs, rules, png)
     figures = {
         "machine": f"{socket.gethostname()}, 2 cores", "workers": workers, "connections": connections,
         "users": n_users, "steady": {k: steady[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
         "swap": {k: swap[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
         "swap_p99_ratio": round(swap["p99_ms"] / steady["p99_ms"], 2),
         "rollout_seconds_after_run": round(rollout_s, 2),
-        **costs, "png": str(png),
+        **costs, "rule_cache": rules, "png": str(png),
     }
     rows = [(name, f"{run['rps']:.0f}", f"{run['p50_ms']:.1f}", f"{run['p99_ms']:.1f}", run["non200"])
             for name, run in (("steady", steady), ("model swap", swap))]
@@ -227,6 +299,9 @@ def main(
     console.print(summary_table("GET /v1/recommendations under wrk", rows, columns))
     console.print(summary_table("Mean server-side cost per stage (ms)", costs["stages_ms"].items(),
                                 ["stage", "ms"]))
+    console.print(f"rule atom cache: hit rate {rules['hit_rate']:.1%} over {rules['requests']:,} requests "
+                  f"({rules['atom_lookups']:,} atom lookups, {rules['atom_keys']:,} atoms cached); "
+                  f"after each 1,000: {', '.join(f'{rate:.0%}' for _, rate in rules['curve'])}")
     console.print(f"latency plot: {png}")
     if as_json:
         print_json_line(figures)
