@@ -104,6 +104,8 @@ def test_zookeeper_watch_sees_a_published_manifest(settings: Settings) -> None:
 
 
 def test_kafka_round_trip_of_events_in_a_consumer_group(settings: Settings) -> None:
+    # A topic of its own: other modules (the events API) produce to the session's events topic.
+    settings = settings.model_copy(update={"kafka_topic_prefix": f"{settings.kafka_topic_prefix}_stores"})
     topic = KafkaTopics(settings.kafka_topic_prefix).events
     ensure_topics(settings, [topic])
     ensure_topics(settings, [topic])  # a second call leaves the existing topic alone
