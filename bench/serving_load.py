@@ -246,12 +246,15 @@ def main(
     duration: Annotated[int, typer.Option(help="Seconds of each measured wrk run.")] = 20,
     connections: Annotated[int, typer.Option(help="Concurrent HTTP connections.")] = 8,
     workers: Annotated[int, typer.Option(help="gunicorn worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads per worker (1: sync workers).")] = 1,
+    quick: Annotated[bool, typer.Option(help="Only the steady run (no rule cache, no swap).")] = False,
     out: Annotated[Path, typer.Option(help="Folder of the PNG.")] = DEFAULT_OUT,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON line.")] = False,
 ) -> None:
     base = get_settings()
     check_ready(base)
-    settings = base.model_copy(update={"api_bind": f"127.0.0.1:{free_port()}", "api_workers": workers})
+    settings = base.model_copy(update={"api_bind": f"127.0.0.1:{free_port()}", "api_workers": workers,
+                                       "api_threads": threads})
     with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
         folder = Path(tmp)
         users, n_users = user_file(settings, folder)
@@ -262,23 +265,27 @@ def main(
             for name, rule in BENCH_RULES.items():
                 httpx.put(f"{server.url}/v1/rules/{name}", json=rule, timeout=10).raise_for_status()
             time.sleep(1.0)  # every worker reloads the rules on the znode change
-            with console.status("rule cache: 10,000 requests from different users, from an empty cache"):
-                rules = rule_hit_rate(settings, server.url, users)
+            rules = {"requests": 0, "atom_lookups": 0, "hit_rate": 0.0, "curve": [], "atom_keys": 0}
+            if not quick:
+                with console.status("rule cache: 10,000 requests from different users, from an empty cache"):
+                    rules = rule_hit_rate(settings, server.url, users)
             with console.status("warming up (5 s)"):
                 run_wrk(server.url, users, duration_s=5, connections=connections)
             before = scrape(server.url)
             with console.status(f"steady run: {duration} s, {connections} connections"):
                 steady = run_wrk(server.url, users, duration_s=duration, connections=connections)
             costs = stage_costs(before, scrape(server.url))
-            swap_info: dict[str, Any] = {}
-            swapper = threading.Thread(target=swap_during, args=(settings, duration / 2, swap_info))
-            with console.status(f"swap run: {duration} s, a new ranker version published half-way"):
-                swapper.start()
-                swap = run_wrk(server.url, users, duration_s=duration, connections=connections)
-                swapper.join()
-            rollout_s = wait_rollout(settings, swap_info["version"])
-            with ModelPublisher(settings) as publisher:
-                publisher.rollback(RANKER, force=True)
+            swap, rollout_s = steady, 0.0
+            if not quick:
+                swap_info: dict[str, Any] = {}
+                swapper = threading.Thread(target=swap_during, args=(settings, duration / 2, swap_info))
+                with console.status(f"swap run: {duration} s, a new ranker version published half-way"):
+                    swapper.start()
+                    swap = run_wrk(server.url, users, duration_s=duration, connections=connections)
+                    swapper.join()
+                rollout_s = wait_rollout(settings, swap_info["version"])
+                with ModelPublisher(settings) as publisher:
+                    publisher.rollback(RANKER, force=True)
         finally:
             for name in BENCH_RULES:
                 httpx.delete(f"{server.url}/v1/rules/{name}", timeout=10)
@@ -286,7 +293,8 @@ def main(
     png = out / "latency.png"
     plot(steady, swap, costs, rules, png)
     figures = {
-        "machine": f"{socket.gethostname()}, 2 cores", "workers": workers, "connections": connections,
+        "machine": f"{socket.gethostname()}, 2 cores", "workers": workers, "threads": threads,
+        "connections": connections,
         "users": n_users, "steady": {k: steady[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
         "swap": {k: swap[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
         "swap_p99_ratio": round(swap["p99_ms"] / steady["p99_ms"], 2),

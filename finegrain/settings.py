@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     )
     api_bind: str = Field("127.0.0.1:18080", description="host:port gunicorn binds the API to.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
+    api_threads: int = Field(1, ge=1, description="Threads per API worker: 1 runs gunicorn's sync workers "
+                             "(CPU-bound requests gain nothing from threads under the GIL), more gthread.")
 
     @model_validator(mode="after")
     def _addresses_parse(self) -> Settings:

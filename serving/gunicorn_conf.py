@@ -4,7 +4,8 @@
   (which own threads and sockets) are never shared across processes.
 - Prometheus multi-process mode: every worker writes its metrics to a shared folder, /metrics on
   any worker aggregates all of them; a dead worker's files are marked so live-only gauges drop it.
-- gthread workers: a worker keeps answering /healthz while a thread computes a recommendation.
+- Sync workers by default (FINEGRAIN_API_THREADS=1): a recommendation is CPU-bound Python, so threads
+  in one process only queue behind the GIL; gthread (more threads) suits slow clients and keep-alive.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
 
 bind = _settings.api_bind
 workers = _settings.api_workers
-worker_class = "gthread"
-threads = 4
+threads = _settings.api_threads
+worker_class = "gthread" if threads > 1 else "sync"
 timeout = 60
 graceful_timeout = 10
 keepalive = 5

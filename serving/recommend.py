@@ -32,7 +32,7 @@ from serving import metrics
 from serving.config import RANKER_MODELS, SceneConfig, ServingConfig
 from serving.ranking.base import Ranker
 from serving.recall import RecallChannel, Recalled, RecallRequest, build_channels
-from serving.recall.item_to_item import history_scores
+from serving.recall.item_to_item import RECENT_SCORES, history_scores
 from serving.state import RANKING_POPULAR_DEPTH, RANKING_POPULAR_LIST, DataSnapshot, ModelSet, RankedList
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ class Recommender:
     @staticmethod
     def _timed(channel: RecallChannel, request: RecallRequest) -> tuple[Recalled, float]:
         started = time.perf_counter()
-        # Twice the quota, so the merge's fill phase has leftovers when channels overlap.
-        recalled = channel.recall(request, 2 * channel.quota)
+        # Beyond the quota, so the merge's fill phase has leftovers when channels overlap.
+        recalled = channel.recall(request, channel.quota + channel.quota // 2)
         return recalled, time.perf_counter() - started
 
     def _features(self, profile: UserProfile, data: DataSnapshot, merged: MergedCandidates,
@@ -176,7 +176,9 @@ class Recommender:
         where = position.get_indexer(top_popular)
         pop[where[where >= 0]] = popular.scores[:RANKING_POPULAR_DEPTH][where >= 0]
         cosine = data.neighbours["cosine"]
-        recent_all = history_scores(profile.history, cosine, data.today, RECENT_ITEM_TO_ITEM, repeat=False)
+        shared = recalled["item_to_item"].extra.get(RECENT_SCORES) if "item_to_item" in recalled else None
+        recent_all = shared if shared is not None else history_scores(
+            profile.history, cosine, data.today, RECENT_ITEM_TO_ITEM, repeat=False)
         columns = cosine.index(ids)
         recent = np.where(columns >= 0, recent_all[np.maximum(columns, 0)], 0.0)
         # The size of the candidate set training saw for this user (item-to-item + popular).

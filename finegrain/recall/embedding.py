@@ -28,6 +28,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pandas as pd
 
 from finegrain.recall.item_to_item import Candidates, History
 from finegrain.schemas import PurchaseHistory
@@ -107,7 +108,10 @@ class EmbeddingIndex:
         self._item_factors: np.ndarray = np.asarray(self.index.reconstruct_n(0, self.index.ntotal),
                                                     dtype=np.float64)
         self._gram = self._item_factors.T @ self._item_factors
-        self._item_order = np.argsort(self.item_ids.astype(str), kind="stable")
+        # A hash index of the ids: serving maps a history to rows on every request.
+        self._item_lookup = pd.Index(self.item_ids.astype(str).astype(object))
+        if self._item_lookup.has_duplicates:
+            raise ValueError("item ids must be distinct")
 
     @property
     def dim(self) -> int:
@@ -119,12 +123,10 @@ class EmbeddingIndex:
 
     def item_rows(self, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Index row of each id; -1 for an item the model does not know."""
-        ids = np.asarray(list(item_ids), dtype=str)
+        ids = np.asarray(item_ids if isinstance(item_ids, np.ndarray) else list(item_ids), dtype=object)
         if not len(ids) or not len(self.item_ids):
             return np.full(len(ids), -1, dtype=np.int64)
-        sorted_ids = self.item_ids.astype(str)[self._item_order]
-        position = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-        return np.where(sorted_ids[position] == ids, self._item_order[position], -1).astype(np.int64)
+        return np.asarray(self._item_lookup.get_indexer(ids), dtype=np.int64)
 
     def user_vectors(self, user_ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, known): the learnt vector of each user, zeros where the user was not in training."""
@@ -142,7 +144,7 @@ class EmbeddingIndex:
         """The ALS user step for one history against the fixed item vectors (unknown items ignored);
         a zero vector for an empty history."""
         h = History.of(history)
-        rows = self.item_rows(h.item_ids.astype(str))
+        rows = self.item_rows(h.item_ids)
         known = rows >= 0
         if not known.any():
             return np.zeros(self.dim, dtype=np.float32)
@@ -183,7 +185,7 @@ class EmbeddingIndex:
             vector = vectors[0]
         else:
             return Candidates([], np.empty(0))
-        excluded = self.item_rows(h.item_ids.astype(str)) if exclude_bought and h is not None else np.empty(0)
+        excluded = self.item_rows(h.item_ids) if exclude_bought and h is not None else np.empty(0)
         excluded = excluded[excluded >= 0]
         rows, scores = self.search(vector, k + len(excluded))
         keep = (rows[0] >= 0) & ~np.isin(rows[0], excluded)

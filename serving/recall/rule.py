@@ -11,7 +11,8 @@ from serving.recall.base import RecallChannel, Recalled, RecallRequest
 
 class RuleChannel(RecallChannel):
     name = "rule"
-    inline = False  # reads the shared atom cache in Redis
+    # One pipelined read of the shared atom cache (a thread hop costs more under load); the request
+    # path's Redis client times out at `redis_timeout_ms`, which bounds a slow Redis.
     config: RuleChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:
