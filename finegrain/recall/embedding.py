@@ -112,6 +112,7 @@ class EmbeddingIndex:
         self._item_lookup = pd.Index(self.item_ids.astype(str).astype(object))
         if self._item_lookup.has_duplicates:
             raise ValueError("item ids must be distinct")
+        self._user_lookup = pd.Index(self.user_ids.astype(str).astype(object))
 
     @property
     def dim(self) -> int:
@@ -130,13 +131,12 @@ class EmbeddingIndex:
 
     def user_vectors(self, user_ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, known): the learnt vector of each user, zeros where the user was not in training."""
-        ids = np.asarray(list(user_ids), dtype=str)
+        ids = np.asarray(list(user_ids), dtype=str).astype(object)
         vectors = np.zeros((len(ids), self.dim), dtype=np.float32)
         if not len(ids) or not len(self.user_ids):
             return vectors, np.zeros(len(ids), dtype=bool)
-        known_ids = self.user_ids.astype(str)
-        position = np.minimum(np.searchsorted(known_ids, ids), len(known_ids) - 1)
-        known = known_ids[position] == ids
+        position = self._user_lookup.get_indexer(ids)
+        known = position >= 0
         vectors[known] = self.user_factors[position[known]]
         return vectors, known
 

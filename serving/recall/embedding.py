@@ -21,8 +21,14 @@ class EmbeddingChannel(RecallChannel):
         history = request.profile.history
         if not len(history.item_ids):
             return Recalled.empty()
-        found = model.recommend(k, history=history, today=request.today,
-                                exclude_bought=request.scene_config.exclude_bought)
+        # The learnt vector of a user the model was trained on (as the evaluation scores the channel),
+        # the history folded in for anyone newer.
+        _, known = model.user_vectors([request.user_id])
+        if known[0] and not request.scene_config.exclude_bought:
+            found = model.recommend(k, user_id=request.user_id)
+        else:
+            found = model.recommend(k, history=history, today=request.today,
+                                    exclude_bought=request.scene_config.exclude_bought)
         scores = np.asarray(found.scores, dtype=np.float64)
         # Inner products can be negative; the merge reads 0 as "not recalled", so shift to positive.
         if len(scores):
