@@ -74,7 +74,7 @@ def user_file(settings: Settings, folder: Path, seed: int = 0) -> tuple[Path, in
     return path, len(ids)
 
 
-def run_wrk(url: str, users: Path, *, duration_s: int, connections: int, threads: int = 2) -> dict[str, Any]:
+def run_wrk(url: str, users: Path, *, duration_s: int, connections: int, threads: int = 1) -> dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise typer.BadParameter("wrk is not installed (bin/setup installs it)")

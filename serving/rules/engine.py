@@ -166,7 +166,7 @@ class RuleEngine:
         return self.evaluate_many([NamedRule(name, rule)], profile)[0]
 
     def evaluate_many(self, rules: Sequence[NamedRule], profile: UserProfile | None,
-                      versions: Versions | None = None) -> list[RuleResult]:
+                      versions: Versions | None = None, *, trace: bool = True) -> list[RuleResult]:
         """Every rule for one user, with one MGET for all their atoms and one more round trip on misses."""
         if not rules:
             return []
@@ -182,7 +182,8 @@ class RuleEngine:
         table = self.item_tables.get(versions)
         out = []
         for named, expr in zip(rules, resolved, strict=True):
-            traces = self._traces(named.rule, profile, bound, results, cache)
+            # Per-atom traces are for the preview; the request path skips building them.
+            traces = self._traces(named.rule, profile, bound, results, cache) if trace else []
             matched = _evaluate(expr, bound, results)
             ordered = order_items(matched, named.rule.order, table)
             kept = ordered[:named.rule.limit]

@@ -68,7 +68,7 @@ class RuleService:
         versions = {Dataset(name): version for name, version in data.versions.items()}
         best: dict[str, float] = {}
         names: dict[str, list[str]] = {}
-        for result in self.engine.evaluate_many(rules, profile, versions):
+        for result in self.engine.evaluate_many(rules, profile, versions, trace=False):
             for item, score in zip(result.item_ids, result.scores, strict=True):
                 if score > best.get(item, 0.0):
                     best[item] = score
