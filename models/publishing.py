@@ -355,3 +355,17 @@ def unpin(settings: Settings, name: str) -> str | None:
 def status(settings: Settings, name: str) -> ModelStatus:
     with ModelPublisher(settings) as publisher:
         return publisher.status(name)
+
+
+def run_summary(manifest: ModelManifest, publish: PublishResult | None, seconds: float) -> dict[str, Any]:
+    """What a training run (`train_ranker`, `train_embeddings`) reports: the version it registered, its
+    figures and the publication decision."""
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "framework": manifest.framework,
+        "sha256": manifest.sha256,
+        "metrics": dict(manifest.metrics),
+        "publish": None if publish is None else publish.as_dict(),
+        "seconds": round(seconds, 1),
+    }

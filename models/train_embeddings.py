@@ -29,7 +29,7 @@ from finegrain.recall.embedding import EmbeddingIndex
 from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings, get_settings
 from models.embeddings import AlsConfig, evaluate_channel, manifest_fields, train_embeddings
-from models.publishing import ModelPublisher, PublishResult
+from models.publishing import ModelPublisher, PublishResult, run_summary
 from models.registry import ModelRegistry
 
 # The name serving reads (`serving.config`: the embedding channel's model).
@@ -54,15 +54,8 @@ class EmbeddingRun:
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.manifest.name,
-            "version": self.manifest.version,
-            "sha256": self.manifest.sha256,
-            "metrics": dict(self.manifest.metrics),
-            "train_seconds": float(self.manifest.params.get("train_seconds", "nan")),
-            "publish": None if self.publish is None else self.publish.as_dict(),
-            "seconds": round(self.seconds, 1),
-        }
+        return {**run_summary(self.manifest, self.publish, self.seconds),
+                "train_seconds": float(self.manifest.params.get("train_seconds", "nan"))}
 
 
 def protocol_metrics(figures: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from finegrain.evaluation.protocol import SPLIT_DATE, load_events
 from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings
 from models.evaluate_rankers import RankerEvaluation, TFEvaluation, evaluate, evaluate_tf
-from models.publishing import ModelPublisher, PublishResult
+from models.publishing import ModelPublisher, PublishResult, run_summary
 from models.registry import ModelRegistry
 from models.training_set import TrainingSet
 from models.xgboost_ranker import RankerConfig
@@ -42,15 +42,7 @@ class RankerRun:
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.manifest.name,
-            "version": self.manifest.version,
-            "framework": self.manifest.framework,
-            "sha256": self.manifest.sha256,
-            "metrics": dict(self.manifest.metrics),
-            "publish": None if self.publish is None else self.publish.as_dict(),
-            "seconds": round(self.seconds, 1),
-        }
+        return run_summary(self.manifest, self.publish, self.seconds)
 
 
 def protocol_metrics(evaluation: RankerEvaluation | TFEvaluation) -> dict[str, float]:

@@ -311,20 +311,26 @@ def _print_tables(evaluation: ChannelEvaluation) -> None:
         console.print(f"(the README's reference rows are for an as-of of {SPLIT_DATE} only)")
 
 
+DEFAULT_AS_OF = SPLIT_DATE.isoformat()
+AsOfOption = Annotated[str, typer.Option(
+    "--as-of", help="Split date (YYYY-MM-DD): train before it, test the 30 days from it; the datasets "
+    "evaluated are built as of it.")]
+EventsOption = Annotated[Path | None, typer.Option(
+    "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
+    show_default=False)]
+ReplaceNewerOption = Annotated[bool, typer.Option(
+    "--replace-newer", help="Allow rebuilding datasets whose current version is built as of a later date "
+    "(what serving reads); without it the command refuses and suggests a namespace of its own.")]
+
+
 @app.command("channels")
 def channels(
-    as_of: Annotated[str, typer.Option("--as-of", help="Split date (YYYY-MM-DD): train before it, test the "
-                                       "30 days from it; the datasets evaluated are built as of it.")
-                     ] = SPLIT_DATE.isoformat(),
-    events: Annotated[Path | None, typer.Option(
-        "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
-        show_default=False)] = None,
+    as_of: AsOfOption = DEFAULT_AS_OF,
+    events: EventsOption = None,
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Run the popularity and similarity jobs even if versions built as of this date "
         "exist (e.g. after changing --events).")] = False,
-    replace_newer: Annotated[bool, typer.Option(
-        "--replace-newer", help="Allow rebuilding datasets whose current version is built as of a later date "
-        "(what serving reads); without it the command refuses and suggests a namespace of its own.")] = False,
+    replace_newer: ReplaceNewerOption = False,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where to write evaluation.md/.png/"
                                                     ".json (default: <var dir>/reports/evaluation-<as-of>).",
                                                     show_default=False)] = None,
@@ -681,18 +687,12 @@ def _print_full(evaluation: FullEvaluation) -> None:
 
 @app.command("all")
 def all_(
-    as_of: Annotated[str, typer.Option("--as-of", help="Split date (YYYY-MM-DD): train before it, test the "
-                                       "30 days from it; the datasets evaluated are built as of it.")
-                     ] = SPLIT_DATE.isoformat(),
-    events: Annotated[Path | None, typer.Option(
-        "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
-        show_default=False)] = None,
+    as_of: AsOfOption = DEFAULT_AS_OF,
+    events: EventsOption = None,
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Run the popularity, similarity and content index jobs even if versions built as "
         "of this date exist.")] = False,
-    replace_newer: Annotated[bool, typer.Option(
-        "--replace-newer", help="Allow rebuilding datasets whose current version is built as of a later date "
-        "(what serving reads); without it the command refuses and suggests a namespace of its own.")] = False,
+    replace_newer: ReplaceNewerOption = False,
     rankers: Annotated[str | None, typer.Option(
         "--rankers", help="Comma-separated rankers to train and evaluate: xgboost, tf (default: both when "
         "the TensorFlow ranker is available, else xgboost).", show_default=False)] = None,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -21,6 +21,10 @@ from finegrain.settings import get_settings
 from finegrain.storage.workers import rollout, worker_states
 from models.publishing import DEFAULT_TOLERANCE, ModelPublisher, ModelStatus, PublishResult
 from models.registry import ModelEntry, ModelRegistry
+
+if TYPE_CHECKING:  # the training modules import pandas, XGBoost and TensorFlow: only when a run needs them
+    from models.train_embeddings import EmbeddingRun
+    from models.train_ranker import RankerRun
 
 app = typer.Typer(help="Model versions: list, show, publish behind the quality gate, roll back, pin.",
                   no_args_is_help=True)
@@ -272,12 +276,17 @@ def train_ranker_command(
                                      say=_say)
     except (FinegrainError, ValueError, FileNotFoundError) as exc:  # bad input: one line, no traceback
         raise fail(str(exc)) from None
+    _report_run(run, json)
+
+
+def _report_run(run: RankerRun | EmbeddingRun, as_json: bool) -> None:
+    """A training run's figures, its publication decision, the JSON line; exit 1 if the gate refused."""
     rows = [(name, f"{value:.4f}") for name, value in sorted(run.manifest.metrics.items())]
     console.print(summary_table(f"{run.manifest.name} {run.manifest.version} (README protocol)", rows,
                                 ["metric", "value"]))
     if run.publish is not None:
         console.print(("published: " if run.publish.published else "not published: ") + run.publish.reason)
-    if json:
+    if as_json:
         print_json_line(run.as_dict())
     if run.publish is not None and run.publish.refused:
         raise typer.Exit(REFUSED)
@@ -304,12 +313,4 @@ def train_embeddings_command(
         run = train_register_publish(settings, events_path, publish=publish, say=_say)
     except (FinegrainError, ValueError) as exc:
         raise fail(str(exc)) from None
-    rows = [(name, f"{value:.4f}") for name, value in sorted(run.manifest.metrics.items())]
-    console.print(summary_table(f"{run.manifest.name} {run.manifest.version} (README protocol)", rows,
-                                ["metric", "value"]))
-    if run.publish is not None:
-        console.print(("published: " if run.publish.published else "not published: ") + run.publish.reason)
-    if json:
-        print_json_line(run.as_dict())
-    if run.publish is not None and run.publish.refused:
-        raise typer.Exit(REFUSED)
+    _report_run(run, json)
