@@ -75,6 +75,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks (event files run to hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def tar_directory(folder: Path) -> bytes:
     """The directory as an uncompressed tar that depends only on the files' names, modes and bytes."""
     buffer = io.BytesIO()

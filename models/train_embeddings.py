@@ -13,7 +13,6 @@ is 1 when the gate refuses the run, 2 when the run cannot be made, 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings, get_settings
 from models.embeddings import AlsConfig, evaluate_channel, manifest_fields, train_embeddings
 from models.publishing import ModelPublisher, PublishResult, run_summary
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, file_sha256
 
 # The name serving reads (`serving.config`: the embedding channel's model).
 MODEL_NAME = "embeddings_als"
@@ -98,7 +97,7 @@ def train_register_publish(
         metrics=metrics,
         params=params,
         data_snapshot=DataSnapshot(as_of_date=as_of.isoformat(), events_uri=str(events_path),
-                                   rows=len(split.train), events_sha256=_sha256(events_path)),
+                                   rows=len(split.train), events_sha256=file_sha256(events_path)),
         framework=fields["framework"],
     )
     result = None
@@ -107,14 +106,6 @@ def train_register_publish(
         with ModelPublisher(settings) as publisher:
             result = publisher.publish(MODEL_NAME, manifest.version)
     return EmbeddingRun(manifest, trained.model, figures, result, time.perf_counter() - started)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

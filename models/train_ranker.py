@@ -8,7 +8,6 @@ which the registry stores as a deterministic tar. Both are gated on NDCG@20 of t
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings
 from models.evaluate_rankers import RankerEvaluation, TFEvaluation, evaluate, evaluate_tf
 from models.publishing import ModelPublisher, PublishResult, run_summary
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, file_sha256
 from models.training_set import TrainingSet
 from models.xgboost_ranker import RankerConfig
 
@@ -122,12 +121,6 @@ def train_register_publish(
 
 def _snapshot(events_path: Path, training_set: dict[str, Any]) -> DataSnapshot:
     return DataSnapshot(as_of_date=SPLIT_DATE.isoformat(), events_uri=str(events_path),
-                        rows=int(training_set.get("rows", 0)), events_sha256=_sha256(events_path))
+                        rows=int(training_set.get("rows", 0)), events_sha256=file_sha256(events_path))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

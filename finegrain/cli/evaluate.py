@@ -311,6 +311,19 @@ def _print_tables(evaluation: ChannelEvaluation) -> None:
         console.print(f"(the README's reference rows are for an as-of of {SPLIT_DATE} only)")
 
 
+def _write(writer: Callable[[Any, Path], dict[str, Path]], evaluation: Any, folder: Path, started: float,
+           as_json: bool) -> None:
+    """Write an evaluation's report files, say where, and print the JSON line when asked."""
+    try:
+        paths = writer(evaluation, folder)
+    except OSError as exc:
+        raise fail(f"cannot write the report into {folder}: {exc.strerror or exc}") from None
+    console.print(f"report: {', '.join(str(p) for p in paths.values())} "
+                  f"({time.perf_counter() - started:.1f} s in all)")
+    if as_json:
+        print_json_line({**evaluation.as_dict(), "report": {k: str(v) for k, v in paths.items()}})
+
+
 DEFAULT_AS_OF = SPLIT_DATE.isoformat()
 AsOfOption = Annotated[str, typer.Option(
     "--as-of", help="Split date (YYYY-MM-DD): train before it, test the 30 days from it; the datasets "
@@ -356,14 +369,7 @@ def channels(
         console.print(summary_table("Jobs run first", rows, RESULT_COLUMNS))
     _print_tables(evaluation)
     folder = report_dir if report_dir is not None else settings.var_dir / "reports" / f"evaluation-{date_}"
-    try:
-        paths = write_report(evaluation, folder)
-    except OSError as exc:
-        raise fail(f"cannot write the report into {folder}: {exc.strerror or exc}") from None
-    console.print(f"report: {paths['markdown']}, {paths['plot']}, {paths['json']} "
-                  f"({time.perf_counter() - started:.1f} s in all)")
-    if as_json:
-        print_json_line({**evaluation.as_dict(), "report": {k: str(v) for k, v in paths.items()}})
+    _write(write_report, evaluation, folder, started, as_json)
 
 
 
@@ -738,11 +744,4 @@ def all_(
         console.print(f"jobs run first: {', '.join(evaluation.rebuilt)}")
     _print_full(evaluation)
     folder = out if out is not None else settings.var_dir / "reports" / f"evaluation-all-{date_}"
-    try:
-        paths = write_full_report(evaluation, folder)
-    except OSError as exc:
-        raise fail(f"cannot write the report into {folder}: {exc.strerror or exc}") from None
-    console.print(f"report: {', '.join(str(p) for p in paths.values())} "
-                  f"({time.perf_counter() - started:.1f} s in all)")
-    if as_json:
-        print_json_line({**evaluation.as_dict(), "report": {k: str(v) for k, v in paths.items()}})
+    _write(write_full_report, evaluation, folder, started, as_json)
