@@ -91,6 +91,7 @@ def run_wrk(url: str, users: Path, *, duration_s: int, connections: int, threads
 
 
 _SAMPLE = re.compile(r'^finegrain_stage_seconds_(sum|count)\{stage="(\w+)"\} ([0-9.e+-]+)$')
+_MERGED = re.compile(r'^finegrain_candidates_(sum|count) ([0-9.e+-]+)$')
 _CHANNEL = re.compile(
     r'^finegrain_channel_(seconds_sum|seconds_count|candidates_sum)\{channel="(\w+)"\} ([0-9.e+-]+)$')
 
@@ -98,6 +99,9 @@ _CHANNEL = re.compile(
 def scrape(url: str) -> dict[tuple[str, str], float]:
     values: dict[tuple[str, str], float] = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        merged = _MERGED.match(line)
+        if merged:
+            values[("merged", merged.group(1))] = float(merged.group(2))
         for pattern, prefix in ((_SAMPLE, "stage"), (_CHANNEL, "channel")):
             match = pattern.match(line)
             if match:
@@ -121,7 +125,9 @@ def stage_costs(before: dict[tuple[str, str], float], after: dict[tuple[str, str
             count = delta((kind, name))
             channels[name] = {"ms": round(1000 * delta(("channel:seconds_sum", name)) / count, 3),
                               "candidates": round(delta(("channel:candidates_sum", name)) / count, 1)}
-    return {"stages_ms": stages, "channels": channels}
+    count = delta(("merged", "count"))
+    merged = round(delta(("merged", "sum")) / count, 1) if count else 0.0
+    return {"stages_ms": stages, "channels": channels, "candidates": merged}
 
 
 BENCH_RULES = {

@@ -26,6 +26,8 @@ CHANNEL_LATENCY = Histogram("finegrain_channel_seconds", "Recall latency per cha
                             buckets=LATENCY_BUCKETS)
 CHANNEL_CANDIDATES = Histogram("finegrain_channel_candidates", "Candidates per channel per request",
                                ["channel"], buckets=(0, 1, 10, 50, 100, 200, 300, 500, 1000))
+CANDIDATES = Histogram("finegrain_candidates", "Merged candidates per request (what the ranker scores)",
+                       buckets=(0, 100, 250, 500, 750, 900, 1000, 1500, 2000))
 CHANNEL_FAILURES = Counter("finegrain_channel_failures_total", "Channels dropped from a request",
                            ["channel", "reason"])
 DEGRADED = Counter("finegrain_degraded_responses_total", "Responses served degraded", ["reason"])

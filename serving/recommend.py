@@ -102,14 +102,14 @@ class Recommender:
     def _recall(self, request: RecallRequest, trace: Trace) -> dict[str, Recalled]:
         started = time.perf_counter()
         pooled: list[tuple[RecallChannel, Future[tuple[Recalled, float]]]] = [
-            (channel, self.pool.submit(self._timed, channel, request))
+            (channel, self.pool.submit(self._timed, channel, request, self._depth(channel)))
             for channel in self.channels if not channel.inline]
         results: dict[str, Recalled] = {}
         for channel in self.channels:
             if not channel.inline:
                 continue
             try:
-                recalled, seconds = self._timed(channel, request)
+                recalled, seconds = self._timed(channel, request, self._depth(channel))
             except Exception as exc:  # a broken channel must not break the request
                 self._failed(channel, exc, trace)
                 continue
@@ -152,11 +152,14 @@ class Recommender:
         trace.degrade(f"channel {channel.name}: {type(exc).__name__}")
         trace.channels[channel.name] = {"candidates": 0, "error": type(exc).__name__}
 
-    @staticmethod
-    def _timed(channel: RecallChannel, request: RecallRequest) -> tuple[Recalled, float]:
-        started = time.perf_counter()
+    def _depth(self, channel: RecallChannel) -> int:
         # Beyond the quota, so the merge's fill phase has leftovers when channels overlap.
-        recalled = channel.recall(request, channel.quota + channel.quota // 2)
+        return self.config.candidates if channel.filler else channel.quota + channel.quota // 2
+
+    @staticmethod
+    def _timed(channel: RecallChannel, request: RecallRequest, k: int) -> tuple[Recalled, float]:
+        started = time.perf_counter()
+        recalled = channel.recall(request, k)
         return recalled, time.perf_counter() - started
 
     def _features(self, profile: UserProfile, data: DataSnapshot, merged: MergedCandidates,
@@ -222,6 +225,7 @@ class Recommender:
             merged = merge({"popular": (fallback.item_ids, fallback.scores)}, {"popular": n}, total=n,
                            exclude=exclude)
         trace.stage("merge")
+        metrics.CANDIDATES.observe(len(merged))
 
         ranker_name = None if scene_config.ranker == "none" else RANKER_MODELS[scene_config.ranker]
         ranker: Ranker | None = models.get(ranker_name) if ranker_name else None

@@ -60,6 +60,9 @@ class RecallChannel(ABC):
     # costs more than that under load) and their budget is checked when they return. Channels that
     # wait on I/O set this False and run on the worker's pool under a hard timeout.
     inline: ClassVar[bool] = True
+    # A filler recalls up to the whole candidate count, so the merge's fill phase can always top the
+    # candidates up to the configured size when the other channels overlap.
+    filler: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
