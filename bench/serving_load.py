@@ -222,7 +222,7 @@ def wait_rollout(settings: Settings, version: str, timeout_s: float = 60) -> flo
     raise RuntimeError(f"workers did not all serve {version} within {timeout_s} s")
 
 
-def plot(steady: dict[str, Any], swap: dict[str, Any], costs: dict[str, Any], rules: dict[str, Any],
+def plot(steady: dict[str, Any], swap: dict[str, Any] | None, costs: dict[str, Any], rules: dict[str, Any],
          path: Path) -> None:
     import matplotlib
 
@@ -230,7 +230,8 @@ def plot(steady: dict[str, Any], swap: dict[str, Any], costs: dict[str, Any], ru
     import matplotlib.pyplot as plt
 
     fig, (left, right, third) = plt.subplots(1, 3, figsize=(17, 4.5))
-    for label, figures in (("steady", steady), ("model swap mid-run", swap)):
+    runs = [("steady", steady)] + ([("model swap mid-run", swap)] if swap is not None else [])
+    for label, figures in runs:
         points = sorted((float(p), v / 1000) for p, v in figures["percentiles_us"].items())
         left.plot([p for p, _ in points], [v for _, v in points], marker="o", label=label)
     left.axhline(25, color="red", linestyle="--", label="p99 target 25 ms")
@@ -239,7 +240,10 @@ def plot(steady: dict[str, Any], swap: dict[str, Any], costs: dict[str, Any], ru
     stages = costs["stages_ms"]
     right.bar(list(stages), list(stages.values()), color="tab:blue")
     right.set(ylabel="mean ms per request", title="Cost of each stage (server side)")
-    third.plot([n for n, _ in rules["curve"]], [100 * rate for _, rate in rules["curve"]], marker="o")
+    if rules["curve"]:
+        third.plot([n for n, _ in rules["curve"]], [100 * rate for _, rate in rules["curve"]], marker="o")
+    else:
+        third.text(0.5, 0.5, "not measured (--quick)", ha="center", transform=third.transAxes)
     third.set(xlabel="requests from different users", ylabel="atom cache hit rate (%)", ylim=(0, 100),
               title="Rule recall: shared atom cache hit rate")
     fig.tight_layout()
@@ -296,8 +300,8 @@ def main(
             for name in BENCH_RULES:
                 httpx.delete(f"{server.url}/v1/rules/{name}", timeout=10)
             server.stop()
-    png = out / "latency.png"
-    plot(steady, swap, costs, rules, png)
+    png = out / ("latency-quick.png" if quick else "latency.png")
+    plot(steady, None if quick else swap, costs, rules, png)
     figures = {
         "machine": f"{socket.gethostname()}, 2 cores", "workers": workers, "threads": threads,
         "connections": connections,
