@@ -43,7 +43,9 @@ class ApiServer:
     def url(self) -> str:
         return f"http://{self.settings.api_bind}"
 
-    def start(self, timeout_s: float = 180.0) -> None:
+    def start(self, timeout_s: float = 180.0, *, ready: bool = True) -> None:
+        """`ready=False` returns once every worker answers /healthz, for a deployment that cannot be
+        ready (a test of what it answers without its dependencies)."""
         self._check_port_free()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = settings_environment(self.settings)
@@ -58,7 +60,7 @@ class ApiServer:
             if self.process.poll() is not None:
                 raise FinegrainError(f"gunicorn exited with {self.process.returncode}; its log: "
                                      f"{self.log_path}\n{self.log_tail()}")
-            if self.ready_workers() >= self.settings.api_workers:
+            if self.ready_workers(path="/readyz" if ready else "/healthz") >= self.settings.api_workers:
                 return
             time.sleep(0.3)
         self.stop()
@@ -75,15 +77,15 @@ class ApiServer:
                 raise FinegrainError(f"{self.settings.api_bind} is taken by another process: stop it "
                                      "(`finegrain api stop`) or set FINEGRAIN_API_BIND") from None
 
-    def ready_workers(self, probes: int = 12) -> int:
-        """How many distinct worker processes answered /readyz with 200 (a request lands on any)."""
+    def ready_workers(self, probes: int = 12, path: str = "/readyz") -> int:
+        """How many distinct worker processes answered `path` with 200 (a request lands on any)."""
         ready = set()
         try:
             # No keep-alive: one connection stays on one worker, and every worker must be asked.
             with httpx.Client(base_url=self.url, timeout=2.0,
                               limits=httpx.Limits(max_keepalive_connections=0)) as client:
                 for _ in range(probes):
-                    response = client.get("/readyz")
+                    response = client.get(path)
                     body = response.json()
                     # Only this gunicorn's workers count, not an older server still draining the port.
                     ours = self.process is not None and body.get("master_pid") == self.process.pid

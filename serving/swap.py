@@ -33,7 +33,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 
-from finegrain.codecs import decode
+from finegrain.codecs import decode, encode
 from finegrain.schemas import ModelManifest
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
@@ -59,6 +59,7 @@ from serving.state import (
 log = logging.getLogger(__name__)
 
 ZK_RETRY_SECONDS = 5.0
+LOAD_RETRY_SECONDS = 10.0
 
 
 def required_models(config: ServingConfig) -> list[str]:
@@ -82,6 +83,7 @@ class Runtime:
         self.models = ModelSet()
         self.fallback: RankedList = load_fallback(self.fallback_path)
         self.errors: dict[str, str] = {}
+        self._wanted: dict[str, str] = {}  # per model: the version last published (the one to serve)
         self.started_at = time.time()
         self._redis: redis.Redis | None = None
         self._registry: ModelRegistry | None = None
@@ -216,7 +218,14 @@ class Runtime:
                     self._load_data()
                 elif kind == "model":
                     name, data = payload
-                    self._load_model(name, decode(ModelManifest, data))
+                    manifest = decode(ModelManifest, data)
+                    self._wanted[name] = manifest.version
+                    self._load_model(name, manifest)
+                elif kind == "retry":
+                    name, data = payload
+                    manifest = decode(ModelManifest, data)
+                    if self._wanted.get(name) == manifest.version:  # not overtaken by a publication
+                        self._load_model(name, manifest)
                 elif kind == "registry":
                     self._load_published(payload)
                 elif kind == "register":
@@ -267,8 +276,13 @@ class Runtime:
             data = self.registry.fetch_artifact(manifest)  # checks the sha256
             model = load_model(manifest, data, tf_serving_url=self.config.tf_serving_url,
                                work_dir=_work_dir(self.settings))
-        except (RegistryError, ModelLoadError) as exc:
-            self.errors[name] = f"version {manifest.version} refused: {exc}"
+        except Exception as exc:  # the old version keeps serving whatever went wrong
+            if isinstance(exc, (RegistryError, ModelLoadError)):  # a bad version: refused for good
+                self.errors[name] = f"version {manifest.version} refused: {exc}"
+            else:  # the registry (MongoDB) unreachable: try again in a while
+                self.errors[name] = (f"version {manifest.version} not loaded: registry unreachable "
+                                     f"({type(exc).__name__}); retrying every {LOAD_RETRY_SECONDS:g} s")
+                self._retry_later(name, manifest)
             metrics.SWAPS.labels(name, "failed").inc()
             log.error("model %s %s not swapped in: %s", name, manifest.version, exc)
             self._register()
@@ -283,6 +297,13 @@ class Runtime:
         log.info("serving model %s %s", name, manifest.version)
         self._swapped()
 
+    def _retry_later(self, name: str, manifest: ModelManifest) -> None:
+        if self._stopping.is_set():
+            return
+        retry = threading.Timer(LOAD_RETRY_SECONDS, self._tasks.put, [("retry", (name, encode(manifest)))])
+        retry.daemon = True
+        retry.start()
+
     def _load_published(self, name: str) -> None:
         """Without ZooKeeper: the version the registry says is published."""
         try:
@@ -291,6 +312,7 @@ class Runtime:
             self.errors[name] = f"registry unreachable: {type(exc).__name__}"
             return
         if published:
+            self._wanted[name] = published[-1].manifest.version
             self._load_model(name, published[-1].manifest)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import falcon
 
 from serving import metrics
@@ -11,7 +13,7 @@ from serving.swap import Runtime
 
 class HealthResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok"}
+        resp.media = {"status": "ok", "pid": os.getpid(), "master_pid": os.getppid()}
 
 
 class ReadyResource:

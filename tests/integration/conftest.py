@@ -4,6 +4,7 @@ database, a Redis database, a ZooKeeper root and a Kafka topic prefix) so runs d
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +79,5 @@ def spark(settings: Settings) -> Iterator[SparkSession]:
     session = spark_session(settings, app_name="finegrain-tests")
     yield session
     session.stop()
+    # py4j logs from __del__ at interpreter exit, after pytest closed the streams: an error, not news.
+    logging.getLogger("py4j").setLevel(logging.WARNING)

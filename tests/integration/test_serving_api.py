@@ -136,7 +136,7 @@ def test_bad_parameters_are_400_naming_the_field(deployment: ServingDeployment, 
 
 
 def test_health_metrics_and_openapi(deployment: ServingDeployment) -> None:
-    assert get(deployment, "/healthz").json() == {"status": "ok"}
+    assert get(deployment, "/healthz").json()["status"] == "ok"
     metrics = get(deployment, "/metrics").text
     for name in ("finegrain_requests_total", "finegrain_stage_seconds_bucket", "finegrain_channel_candidates",
                  "finegrain_model_info"):
@@ -291,6 +291,35 @@ def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(deployment: Serv
     assert all("sha256" in s["errors"][RANKER] for s in states)
     body = get(deployment, "/v1/recommendations", user_id=users[2]).json()
     assert body["degraded"] is False and body["versions"][RANKER] in serving_now
+
+
+@pytest.mark.parametrize(("dependency", "setting"), [("zookeeper", "zookeeper_hosts"),
+                                                     ("mongo", "mongo_uri")])
+def test_a_worker_starts_and_answers_with_zookeeper_or_mongo_unreachable(
+        deployment: ServingDeployment, users: list[str], dependency: str, setting: str) -> None:
+    unreachable = {"zookeeper_hosts": "127.0.0.1:1",
+                   "mongo_uri": "mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=300"}
+    settings = deployment.settings.model_copy(update={
+        setting: unreachable[setting], "api_bind": f"127.0.0.1:{free_port()}", "api_workers": 1,
+        "var_dir": deployment.settings.var_dir / f"without-{dependency}"})
+    server = ApiServer(settings)
+    try:
+        server.start(timeout_s=120, ready=dependency == "zookeeper")
+        ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
+        body = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": users[4], "n": 10},
+                         timeout=10).json()
+    finally:
+        server.stop()
+    assert len(body["items"]) == 10 and body["cold_start"] is False
+    if dependency == "zookeeper":
+        # Datasets from the Redis pointers, the ranker from the registry's published flag.
+        assert ready["zookeeper"] is False and "zookeeper" in ready["errors"]
+        assert body["ranker"] == RANKER and body["degraded"] is False
+    else:
+        # No registry: the ranker cannot be fetched, so the merge order serves, flagged.
+        assert RANKER in ready["errors"]
+        assert body["ranker"] is None and body["degraded"] is True
+        assert any("ranker" in reason for reason in body["degraded_reasons"])
 
 
 def test_redis_down_gives_degraded_answers_not_errors(deployment: ServingDeployment,
