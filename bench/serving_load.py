@@ -258,6 +258,8 @@ def main(
     workers: Annotated[int, typer.Option(help="gunicorn worker processes.")] = 2,
     threads: Annotated[int, typer.Option(help="Threads per worker (1: sync workers).")] = 1,
     quick: Annotated[bool, typer.Option(help="Only the steady run (no rule cache, no swap).")] = False,
+    rules_active: Annotated[bool, typer.Option(
+        "--rules/--no-rules", help="Keep the bench rules active during the latency runs.")] = True,
     out: Annotated[Path, typer.Option(help="Folder of the PNG.")] = DEFAULT_OUT,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON line.")] = False,
 ) -> None:
@@ -279,6 +281,10 @@ def main(
             if not quick:
                 with console.status("rule cache: 10,000 requests from different users, from an empty cache"):
                     rules = rule_hit_rate(settings, server.url, users)
+            if not rules_active:
+                for name in BENCH_RULES:
+                    httpx.delete(f"{server.url}/v1/rules/{name}", timeout=10)
+                time.sleep(1.0)
             with console.status("warming up (5 s)"):
                 run_wrk(server.url, users, duration_s=5, connections=connections)
             before = scrape(server.url)
@@ -304,6 +310,7 @@ def main(
     plot(steady, None if quick else swap, costs, rules, png)
     figures = {
         "machine": f"{socket.gethostname()}, 2 cores", "workers": workers, "threads": threads,
+        "rules_active": rules_active,
         "connections": connections,
         "users": n_users, "steady": {k: steady[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
         "swap": {k: swap[k] for k in ("requests", "rps", "p50_ms", "p99_ms", "non200")},
