@@ -16,7 +16,10 @@ import httpx
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
+from typer.testing import CliRunner
 
+from finegrain.cli import api as api_cli
+from finegrain.cli import app as cli
 from finegrain.codecs import decode, encode
 from finegrain.schemas import BehaviorEvent, EventType, ModelManifest
 from finegrain.settings import Settings
@@ -209,6 +212,19 @@ def test_rules_crud_and_rule_recall_on_every_worker(deployment: ServingDeploymen
     assert httpx.get(f"{url}/fav-category", timeout=10).status_code == 404
     wait_for(lambda: all(_rule_candidates(deployment, users[3])[0] == 0 for _ in range(6)), 20,
              "every worker to drop the deleted rule")
+
+
+def test_cli_shows_workers_and_recommendations(deployment: ServingDeployment, users: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_cli, "get_settings", lambda: deployment.settings)
+    status = CliRunner().invoke(cli, ["api", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    workers = json.loads(status.output.strip().splitlines()[-1])["workers"]
+    assert len(workers) == 2 and all(w["models"].get(RANKER) for w in workers)
+    shown = CliRunner().invoke(cli, ["api", "recommend", users[0], "never-seen-9", "--n", "3"])
+    assert shown.exit_code == 0, shown.output
+    assert f"user {users[0]}: ranked by {RANKER}" in shown.output
+    assert "user never-seen-9: cold start" in shown.output
 
 
 def _served_versions(settings: Settings) -> list[str]:
