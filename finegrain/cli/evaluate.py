@@ -324,7 +324,13 @@ def _write(writer: Callable[[Any, Path], dict[str, Path]], evaluation: Any, fold
         print_json_line({**evaluation.as_dict(), "report": {k: str(v) for k, v in paths.items()}})
 
 
+def _step(message: str) -> None:
+    console.print(f"[dim]{datetime.now():%H:%M:%S}[/] {message} ...", highlight=False)
+
+
 DEFAULT_AS_OF = SPLIT_DATE.isoformat()
+JsonOption = Annotated[bool, typer.Option("--json", help="Also print the figures as one JSON object on the "
+                                          "last line.")]
 AsOfOption = Annotated[str, typer.Option(
     "--as-of", help="Split date (YYYY-MM-DD): train before it, test the 30 days from it; the datasets "
     "evaluated are built as of it.")]
@@ -347,20 +353,16 @@ def channels(
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where to write evaluation.md/.png/"
                                                     ".json (default: <var dir>/reports/evaluation-<as-of>).",
                                                     show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as one JSON object on the "
-                                          "last line.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Evaluate MostPop and the item-to-item channel (cosine, Swing) next to the README's reference rows."""
     settings = get_settings()
     events_path = events if events is not None else settings.data_dir / "retail" / "events.parquet"
     started = time.perf_counter()
 
-    def step(message: str) -> None:
-        console.print(f"[dim]{datetime.now():%H:%M:%S}[/] {message} ...", highlight=False)
-
     try:
         date_ = parse_as_of(as_of)
-        evaluation = evaluate_channels(settings, date_, events_path, rebuild=rebuild, step=step,
+        evaluation = evaluate_channels(settings, date_, events_path, rebuild=rebuild, step=_step,
                                        replace_newer=replace_newer)
     except FinegrainError as exc:
         raise fail(str(exc)) from None
@@ -711,17 +713,13 @@ def all_(
                                            "item_to_item channel: cosine or swing.")] = "swing",
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: <var dir>/reports/"
                                              "evaluation-all-<as-of>).", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as one JSON object on the "
-                                          "last line.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Every recall channel alone, the merged recall and each ranker on the README protocol: a table,
     report.md and PNG plots."""
     settings = get_settings()
     events_path = events if events is not None else settings.data_dir / "retail" / "events.parquet"
     started = time.perf_counter()
-
-    def step(message: str) -> None:
-        console.print(f"[dim]{datetime.now():%H:%M:%S}[/] {message} ...", highlight=False)
 
     try:
         date_ = parse_as_of(as_of)
@@ -731,7 +729,7 @@ def all_(
                 chosen = list(RANKERS) if tf_ranker_available() else ["xgboost"]
             else:
                 chosen = [r.strip() for r in rankers.split(",") if r.strip()]
-        evaluation = evaluate_all(settings, date_, events_path, rebuild=rebuild, step=step,
+        evaluation = evaluate_all(settings, date_, events_path, rebuild=rebuild, step=_step,
                                   replace_newer=replace_newer, rankers=chosen,
                                   quotas=parse_quotas(quotas) if quotas else None,
                                   merge_item_to_item=merge_i2i)

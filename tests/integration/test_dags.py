@@ -4,7 +4,6 @@ offline dataset on the local stack (Airflow on SQLite in a temporary AIRFLOW_HOM
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,38 +16,17 @@ from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset
 from finegrain.storage.redis_versions import RedisVersions
+from tests.integration.airflow_env import DAGS, migrated_airflow_env
 
 pytestmark = pytest.mark.integration
 
-PROJECT = Path(__file__).resolve().parents[2]
-DAGS = PROJECT / "dags"
 RUNNER = Path(__file__).with_name("dag_runner.py")
 
 
 @pytest.fixture(scope="module")
 def airflow_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("airflow")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW_CONN_FINEGRAIN_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "FINEGRAIN_REDIS_URL": settings.redis_url,
-        "FINEGRAIN_MONGO_DATABASE": settings.mongo_database,
-        "FINEGRAIN_ZOOKEEPER_ROOT": settings.zookeeper_root,
-        "FINEGRAIN_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
-        "FINEGRAIN_DATA_DIR": str(home / "data"),
-        "FINEGRAIN_VAR_DIR": str(home / "var"),
-    }
-    migrate = subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    env = migrated_airflow_env(settings, home, home / "var")
     yield env
 
 

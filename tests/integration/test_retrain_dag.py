@@ -20,6 +20,7 @@ from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_client, zookeeper_client
 from finegrain.storage.contract import ZkPaths
 from models.registry import ModelRegistry
+from tests.integration.airflow_env import migrated_airflow_env
 
 pytestmark = pytest.mark.integration
 
@@ -126,22 +127,7 @@ def dag_settings(settings: Settings) -> Iterator[Settings]:
 
 def test_embeddings_branch_registers_and_publishes(dag_settings: Settings, retail_data: Path,
                                                    tmp_path: Path) -> None:
-    home = tmp_path / "airflow"
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW_CONN_FINEGRAIN_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "FINEGRAIN_REDIS_URL": dag_settings.redis_url,
-        "FINEGRAIN_MONGO_DATABASE": dag_settings.mongo_database,
-        "FINEGRAIN_ZOOKEEPER_ROOT": dag_settings.zookeeper_root,
-        "FINEGRAIN_KAFKA_TOPIC_PREFIX": dag_settings.kafka_topic_prefix,
-        "FINEGRAIN_VAR_DIR": str(tmp_path / "var"),
-    }
-    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    env = migrated_airflow_env(dag_settings, tmp_path / "airflow", tmp_path / "var")
     conf = {"model": "embeddings_als", "events": str(retail_data / "events.parquet")}
     result = subprocess.run(
         [sys.executable, str(RUNNER), str(DAG_FILE), "finegrain_retrain", "2010-11-10T00:00:00+00:00",
