@@ -190,6 +190,27 @@ class Recommender:
                                                "item_to_item_recent": recent},
                                 data.items, candidate_count=training_candidates)
 
+    def _rank(self, scene: SceneConfig, models: ModelSet, profile: UserProfile | None, data: DataSnapshot,
+              merged: MergedCandidates, recalled: Mapping[str, Recalled], trace: Trace
+              ) -> tuple[Ranker | None, str | None, np.ndarray | None, np.ndarray]:
+        """(ranker, its registry name if it ranked, the feature matrix, one score per candidate). Cold
+        users, a missing ranker or a failing one keep the merge order (scores falling with position)."""
+        name = None if scene.ranker == "none" else RANKER_MODELS[scene.ranker]
+        ranker: Ranker | None = models.get(name) if name else None
+        if name and ranker is None:
+            trace.degrade(f"ranker: {name} not loaded, kept the recall order")
+        if profile is not None and ranker is not None and len(merged):
+            features = self._features(profile, data, merged, recalled)
+            trace.stage("features")
+            try:
+                scores = ranker.score(features, merged.item_ids)
+                trace.stage("rank")
+                return ranker, name, features, scores
+            except Exception as exc:  # e.g. TF Serving unreachable: keep the recall order
+                log.warning("ranker %s failed: %s", name, exc)
+                trace.degrade(f"ranker: {name} failed ({type(exc).__name__})")
+        return ranker, None, None, 1.0 / (1.0 + np.arange(len(merged)))
+
     # -- the request ----------------------------------------------------------------------------
 
     def recommend(self, data: DataSnapshot | None, models: ModelSet, fallback: RankedList, *, user_id: str,
@@ -227,28 +248,8 @@ class Recommender:
         trace.stage("merge")
         metrics.CANDIDATES.observe(len(merged))
 
-        ranker_name = None if scene_config.ranker == "none" else RANKER_MODELS[scene_config.ranker]
-        ranker: Ranker | None = models.get(ranker_name) if ranker_name else None
-        if ranker_name and ranker is None:
-            trace.degrade(f"ranker: {ranker_name} not loaded, kept the recall order")
-        features = None
-        if profile is not None and ranker is not None and len(merged):
-            features = self._features(profile, data, merged, recalled)
-            trace.stage("features")
-            try:
-                scores = ranker.score(features, merged.item_ids)
-            except Exception as exc:  # e.g. TF Serving unreachable: keep the recall order
-                log.warning("ranker %s failed: %s", ranker_name, exc)
-                trace.degrade(f"ranker: {ranker_name} failed ({type(exc).__name__})")
-                scores = None
-            trace.stage("rank")
-        else:
-            scores = None
-        if scores is None:
-            scores = 1.0 / (1.0 + np.arange(len(merged)))  # the merge order
-            ranker_used = None
-        else:
-            ranker_used = ranker_name
+        ranker, ranker_used, features, scores = self._rank(scene_config, models, profile, data, merged,
+                                                           recalled, trace)
         top = np.lexsort((np.arange(len(scores)), -scores))[:n]
 
         rule_names = self._rule_names(recalled.get("rule"))
