@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from finegrain.cli.output import console, print_json_line, summary_table
+from finegrain.console import console, print_json_line, summary_table
 from finegrain.settings import get_settings
 
 BENCH_ENV = {
@@ -58,7 +58,7 @@ def timed_build(events: Path, as_of: str) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
-        "finegrain.cli",
+        "cli",
         "jobs",
         "run",
         "--as-of",
@@ -104,7 +104,7 @@ def ensure_synthetic(scale: int) -> Path:
                 [
                     sys.executable,
                     "-m",
-                    "finegrain.cli",
+                    "cli",
                     "data",
                     "synth",
                     "--scale",
@@ -132,7 +132,7 @@ def main(
     real_events = settings.data_dir / "retail" / "events.parquet"
     if not real_events.exists():
         subprocess.run(
-            [sys.executable, "-m", "finegrain.cli", "data", "load"], check=True, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "cli", "data", "load"], check=True, stdout=subprocess.DEVNULL
         )
     synthetic_events = ensure_synthetic(scale)
     results = {}

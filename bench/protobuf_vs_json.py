@@ -28,8 +28,8 @@ import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from finegrain.cli.output import console, print_json_line, summary_table
 from finegrain.codecs import encode
+from finegrain.console import console, print_json_line, summary_table
 from finegrain.data.retail import EVENTS_FILE, load_online_retail, read_catalog, read_events
 from finegrain.features.catalog import item_attributes_frame
 from finegrain.features.item import item_features

@@ -30,7 +30,7 @@ import httpx
 import pandas as pd
 import typer
 
-from finegrain.cli.output import console, print_json_line, summary_table
+from finegrain.console import console, print_json_line, summary_table
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
 from finegrain.storage.clients import redis_client, zookeeper_client
 from finegrain.storage.workers import worker_states

@@ -58,7 +58,7 @@ with DAG(
     load = BashOperator(
         task_id="load_data",
         bash_command=(
-            f"'{PYTHON}' -m finegrain.cli data load --out '{DATA_DIR}'"
+            f"'{PYTHON}' -m cli data load --out '{DATA_DIR}'"
             "{% if params.source_csv %} --source '{{ params.source_csv }}'{% endif %}"
         ),
         cwd=str(FINEGRAIN_HOME),

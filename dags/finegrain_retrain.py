@@ -93,7 +93,7 @@ with DAG(
     train_ranker = BashOperator(
         task_id="train_ranker",
         bash_command=(
-            f"'{PYTHON}' -m finegrain.cli models train-ranker"
+            f"'{PYTHON}' -m cli models train-ranker"
             " --kind {{ 'tf' if params.model == 'ranker_tf' else 'xgboost' }}"
             f" --training-set '{TRAINING_SET}' --events '{EVENTS}' --json"
         ),

@@ -19,6 +19,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from finegrain.dates import midnight_utc, parse_as_of
 from finegrain.errors import DataError, FinegrainError
 from finegrain.settings import Settings, get_settings
 from finegrain.storage.contract import Dataset, check_version
@@ -31,13 +32,6 @@ log = logging.getLogger(__name__)
 
 class JobError(FinegrainError):
     """A job that cannot run with the inputs it was given."""
-
-
-def parse_as_of(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise JobError(f"bad --as-of {text!r}: expected a date as YYYY-MM-DD") from None
 
 
 def version_for(as_of: date, built: datetime | None = None) -> str:
@@ -70,7 +64,7 @@ class JobContext:
         missing = {"user_id", "item_id", "quantity", "price", "timestamp", "invoice"} - set(frame.columns)
         if missing:
             raise DataError(f"{self.events_path} lacks column(s) {', '.join(sorted(missing))}")
-        return frame.where(F.col("timestamp") < F.lit(datetime.combine(self.as_of, datetime.min.time())))
+        return frame.where(F.col("timestamp") < F.lit(midnight_utc(self.as_of)))
 
 
     def no_events(self, purpose: str) -> JobError:
@@ -208,7 +202,7 @@ def run_jobs(
 
 def job_main(jobs: Sequence[BatchJob], argv: Sequence[str] | None = None) -> int:
     """Entry point of a job module under `spark-submit`: parse arguments, run, print the summary."""
-    from finegrain.cli.output import console, fail, summary_table
+    from finegrain.console import console, fail, summary_table
 
     parser = argparse.ArgumentParser(description="; ".join(job.description for job in jobs))
     parser.add_argument(

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from finegrain.dates import rows_before
 from finegrain.errors import DataError
 from finegrain.evaluation.protocol import EvaluationSplit, drop_items
 from finegrain.recall.embedding import ConfidenceParams, EmbeddingIndex, build_index, confidence
@@ -91,11 +92,7 @@ def interactions(train: pd.DataFrame, as_of: date, params: ConfidenceParams) -> 
     missing = {"user_id", "item_id", "invoice", "timestamp"} - set(train.columns)
     if missing:
         raise DataError(f"events lack column(s) {', '.join(sorted(missing))}")
-    timestamps = train["timestamp"]
-    if timestamps.dt.tz is None:
-        timestamps = timestamps.dt.tz_localize("UTC")
-    cut = pd.Timestamp(as_of, tz="UTC")
-    before = train.loc[(timestamps < cut).to_numpy(), ["user_id", "item_id", "invoice", "timestamp"]]
+    before = train.loc[rows_before(train, as_of), ["user_id", "item_id", "invoice", "timestamp"]]
     if before.empty:
         raise DataError(f"no purchase before {as_of}: nothing to train embeddings on")
     pairs = (before.groupby(["user_id", "item_id"], sort=False)

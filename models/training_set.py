@@ -38,9 +38,10 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from finegrain.dates import DAY_MS, as_of_ms
 from finegrain.errors import DataError
 from finegrain.features.catalog import item_attributes_frame
-from finegrain.features.history import DAY_MS, as_of_ms, epoch_ms
+from finegrain.features.history import epoch_ms
 from finegrain.features.item import item_features
 from finegrain.features.ranking import RANKING_FEATURE_NAMES, RECENT_ITEM_TO_ITEM, ItemTable, ranking_features
 from finegrain.features.user import ItemLookup, user_profiles

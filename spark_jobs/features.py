@@ -30,7 +30,7 @@ import pandas as pd
 from pymongo.errors import BulkWriteError
 
 from finegrain.codecs import encode
-from finegrain.features.history import as_of_ms
+from finegrain.dates import as_of_ms
 from finegrain.features.item import (
     ITEM_BLOCK_SIZE,
     ITEM_FEATURE_NAMES,

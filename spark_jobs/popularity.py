@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from finegrain.dates import midnight_utc
 from finegrain.features.catalog import OTHER_CATEGORY
 from finegrain.jobs import (
     BatchJob,
@@ -51,17 +52,12 @@ MAX_ITEMS = {"global": 1000, "country": 200, "category": 200}
 POPULARITY_MEASURE = "distinct_buyers"
 
 
-def midnight(as_of: date) -> datetime:
-    """The as-of instant: midnight at the start of the as-of date (the session time zone is UTC)."""
-    return datetime.combine(as_of, datetime.min.time())
-
-
 def window_start(as_of: date, window: str) -> datetime | None:
     """First instant inside `window`, or None when the window is every event before the as-of date."""
     if window not in WINDOWS:
         raise ValueError(f"unknown window {window!r}: expected one of {', '.join(WINDOWS)}")
     days = WINDOWS[window]
-    return None if days is None else midnight(as_of) - timedelta(days=days)
+    return None if days is None else midnight_utc(as_of) - timedelta(days=days)
 
 
 def _in_window(column: Column, as_of: date, window: str) -> Column:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
-    from finegrain.cli.output import fail
+    from finegrain.console import fail
     from finegrain.jobs import job_main, load_job, registry
 
     names = []

@@ -59,9 +59,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from finegrain.dates import midnight_utc, parse_as_of
 from finegrain.errors import FinegrainError
 from finegrain.features.user import user_profiles
-from finegrain.jobs import JobContext, JobError, parse_as_of
+from finegrain.jobs import JobContext, JobError
 from finegrain.settings import Settings, get_settings
 from models.training_set import (
     LABEL_DAYS,
@@ -159,7 +160,7 @@ def build_training_set_spark(spark: SparkSession, settings: Settings, request: T
              .withColumn("line", F.monotonically_increasing_id())
              .withColumn("ts", F.col("timestamp").cast("long")))  # seconds: a cheap column to cut on
     # Lines at or after the last label window's end can reach nothing.
-    end = datetime.combine(cutoffs[-1] + timedelta(days=request.label_days), datetime.min.time())
+    end = midnight_utc(cutoffs[-1] + timedelta(days=request.label_days))
     lines = lines.where(F.col("timestamp") < F.lit(end)).persist()
     try:
         collected: pd.DataFrame = lines.drop("ts").toPandas()
@@ -277,7 +278,7 @@ def partition_rows(batches: Iterator[pa.RecordBatch], shared: dict[str, CutoffIn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from finegrain.cli.output import fail
+    from finegrain.console import fail
 
     parser = argparse.ArgumentParser(description="Build the ranker training set with Spark.")
     parser.add_argument("--as-of", required=True, help="The model's as-of date (YYYY-MM-DD); label windows "

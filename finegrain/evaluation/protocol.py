@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from finegrain.data.retail import read_events
+from finegrain.dates import midnight_utc, utc_timestamps
 from finegrain.errors import DataError
 from finegrain.evaluation.metrics import hit_matrix, ranking_metrics
 from finegrain.schemas import PurchaseHistory
@@ -122,11 +123,9 @@ def build_split(events: pd.DataFrame, split_date: date = SPLIT_DATE, *, explore:
     missing = {"user_id", "item_id", "invoice", "quantity", "timestamp"} - set(events.columns)
     if missing:
         raise DataError(f"events lack column(s) {', '.join(sorted(missing))}")
-    start = pd.Timestamp(datetime.combine(split_date, datetime.min.time()), tz="UTC")
+    start = pd.Timestamp(midnight_utc(split_date))
     end = start + pd.Timedelta(timedelta(days=test_days))
-    timestamps = events["timestamp"]
-    if timestamps.dt.tz is None:
-        timestamps = timestamps.dt.tz_localize("UTC")
+    timestamps = utc_timestamps(events["timestamp"])
     columns = ["user_id", "item_id", "invoice", "quantity", "timestamp"]
     train = events.loc[timestamps < start, columns]
     test = events.loc[(timestamps >= start) & (timestamps < end), ["user_id", "item_id"]]

@@ -13,31 +13,16 @@ UTC); naive times are read as UTC.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-DAY_MS = 86_400_000
-
 # The columns the definitions read; other columns are ignored.
 LINE_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "invoice", "quantity", "price", "timestamp", "country")
 
-AsOf: TypeAlias = date | datetime | pd.Timestamp
 Int64Array = npt.NDArray[np.int64]
-
-
-def as_of_ms(as_of: AsOf) -> int:
-    """Epoch milliseconds of the as-of instant; a date means its midnight UTC (the jobs' convention)."""
-    if isinstance(as_of, pd.Timestamp):
-        as_of = as_of.to_pydatetime()
-    if not isinstance(as_of, datetime):
-        as_of = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
-    elif as_of.tzinfo is None:
-        as_of = as_of.replace(tzinfo=UTC)
-    return int(as_of.timestamp() * 1000)
 
 
 def epoch_ms(timestamps: pd.Series) -> Int64Array:

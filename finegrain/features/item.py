@@ -23,8 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from finegrain.dates import DAY_MS, AsOf, as_of_ms
 from finegrain.features.catalog import OTHER_CATEGORY, price_band
-from finegrain.features.history import DAY_MS, AsOf, as_of_ms, columns_before
+from finegrain.features.history import columns_before
 from finegrain.schemas import ItemFeatureMatrix, ItemFeatures
 
 ITEM_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)

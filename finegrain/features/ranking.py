@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from finegrain.features.history import DAY_MS
+from finegrain.dates import DAY_MS
 from finegrain.features.item import ITEM_FEATURE_NAMES, item_feature_vector, matrix_rows
 from finegrain.features.user import USER_WINDOWS_DAYS
 from finegrain.recall.item_to_item import ItemToItemConfig, seed_weights

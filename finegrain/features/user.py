@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from finegrain.dates import DAY_MS, AsOf, as_of_ms
 from finegrain.features.catalog import OTHER_CATEGORY, price_band
-from finegrain.features.history import DAY_MS, AsOf, as_of_ms, columns_before
+from finegrain.features.history import columns_before
 from finegrain.schemas import ItemFeatures, PurchaseHistory, UserProfile, WindowStats
 
 USER_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90, 365)

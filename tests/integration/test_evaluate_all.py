@@ -13,8 +13,8 @@ import typer
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
-from finegrain.cli import evaluate as evaluate_cli
-from finegrain.cli.evaluate import ALL_DATASET_JOBS, ensure_datasets
+from cli import evaluate as evaluate_cli
+from cli.evaluate import ALL_DATASET_JOBS, ensure_datasets
 from finegrain.evaluation.protocol import REFERENCE, SPLIT_DATE
 from finegrain.settings import Settings
 

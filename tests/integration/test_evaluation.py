@@ -11,8 +11,8 @@ import typer
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
-from finegrain.cli import evaluate as evaluate_cli
-from finegrain.cli.evaluate import ChannelEvaluation, evaluate_channels
+from cli import evaluate as evaluate_cli
+from cli.evaluate import ChannelEvaluation, evaluate_channels
 from finegrain.evaluation.protocol import REFERENCE, SPLIT_DATE, build_split, load_events, most_popular
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
@@ -116,7 +116,7 @@ def test_an_earlier_split_refuses_to_replace_newer_datasets(
         evaluation: ChannelEvaluation, settings: Settings, retail_data: Path) -> None:
     from datetime import date
 
-    from finegrain.cli.evaluate import ensure_datasets
+    from cli.evaluate import ensure_datasets
     from finegrain.jobs import JobError
 
     before = dict(evaluation.versions)

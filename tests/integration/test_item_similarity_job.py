@@ -14,7 +14,9 @@ import redis
 from pyspark.sql import SparkSession
 
 from finegrain.codecs import decode
-from finegrain.jobs import JobError, parse_as_of, run_jobs
+from finegrain.dates import parse_as_of
+from finegrain.errors import DataError
+from finegrain.jobs import JobError, run_jobs
 from finegrain.schemas import ScoredItemList
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client, zookeeper_client
@@ -181,7 +183,7 @@ def test_bad_events_path_fails_clearly_and_changes_nothing(
 def test_bad_dates_fail_clearly_and_change_nothing(
         runs: dict[str, Any], settings: Settings, spark: SparkSession, retail_data: Path) -> None:
     before = _state(runs["client"])
-    with pytest.raises(JobError, match="expected a date"):
+    with pytest.raises(DataError, match="expected a date"):
         parse_as_of("2010-13-45")
     with pytest.raises(JobError, match="no purchase events before 2009-01-01"):
         run_jobs([ItemSimilarityJob()], date(2009, 1, 1), retail_data / "events.parquet", settings=settings,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from finegrain.cli import app
+from cli import app
 from finegrain.data.retail import REJECT_REASONS, read_catalog, read_events, read_report
 from finegrain.data.synthetic import shape_summary
 

@@ -20,7 +20,7 @@ import xgboost as xgb
 from kazoo.recipe.watchers import DataWatch
 from typer.testing import CliRunner
 
-from finegrain.cli import models as models_cli
+from cli import models as models_cli
 from finegrain.codecs import decode, encode
 from finegrain.evaluation.metrics import auc
 from finegrain.evaluation.protocol import SPLIT_DATE

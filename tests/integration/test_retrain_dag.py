@@ -102,7 +102,7 @@ def test_rendered_ranker_commands_share_the_training_set(inspected: dict[str, An
         assert rendered["spark_args"] == ["--as-of", "2010-10-01", "--events", "/data/ev.parquet",
                                           "--out", path]
         command = rendered["train_ranker"]
-        assert "-m finegrain.cli models train-ranker" in command
+        assert "-m cli models train-ranker" in command
         assert f" --kind {kind} " in command
         assert f"--training-set '{path}'" in command and "--events '/data/ev.parquet'" in command
     embeddings = inspected["rendered"]["embeddings_als"]["train_embeddings"]

@@ -18,8 +18,8 @@ import pytest
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
-from finegrain.cli import api as api_cli
-from finegrain.cli import app as cli
+from cli import api as api_cli
+from cli import app as cli
 from finegrain.codecs import decode, encode
 from finegrain.schemas import BehaviorEvent, EventType, ModelManifest
 from finegrain.settings import Settings

@@ -18,7 +18,7 @@ from finegrain.stack.redis_server import RedisService
 
 pytestmark = pytest.mark.integration
 
-FINEGRAIN = [sys.executable, "-m", "finegrain.cli"]
+FINEGRAIN = [sys.executable, "-m", "cli"]
 
 
 def _free_port() -> int:

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from finegrain.cli import app
-from finegrain.cli import models as models_cli
+from cli import app
+from cli import models as models_cli
 from finegrain.codecs import decode
 from finegrain.evaluation.metrics import auc
 from finegrain.evaluation.protocol import load_events

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from finegrain.cli import app
-from finegrain.cli import models as models_cli
+from cli import app
+from cli import models as models_cli
 from finegrain.codecs import decode
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
 from finegrain.schemas import ModelManifest

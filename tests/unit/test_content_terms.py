@@ -3,7 +3,7 @@ and the directory key."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -49,9 +49,9 @@ def test_no_items_is_an_error() -> None:
 
 def test_windows_end_at_midnight_before_the_as_of_date() -> None:
     as_of = date(2010, 12, 10)
-    assert window_start(as_of, "7d") == datetime(2010, 12, 3)
-    assert window_start(as_of, "30d") == datetime(2010, 11, 10)
-    assert window_start(as_of, "90d") == datetime(2010, 9, 11)
+    assert window_start(as_of, "7d") == datetime(2010, 12, 3, tzinfo=UTC)
+    assert window_start(as_of, "30d") == datetime(2010, 11, 10, tzinfo=UTC)
+    assert window_start(as_of, "90d") == datetime(2010, 9, 11, tzinfo=UTC)
     assert window_start(as_of, "all") is None
     assert list(WINDOWS) == ["7d", "30d", "90d", "all"]
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from finegrain.dates import DAY_MS, as_of_ms
 from finegrain.features.catalog import OTHER_CATEGORY
-from finegrain.features.history import DAY_MS, as_of_ms, epoch_ms
+from finegrain.features.history import epoch_ms
 from finegrain.features.item import (
     ITEM_FEATURE_NAMES,
     item_feature_matrix,

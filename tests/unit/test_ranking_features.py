@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from finegrain.features.history import DAY_MS
+from finegrain.dates import DAY_MS
 from finegrain.features.item import ITEM_FEATURE_NAMES, item_feature_matrix, item_feature_vector
 from finegrain.features.ranking import (
     RANKING_FEATURE_NAMES,

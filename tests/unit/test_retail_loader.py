@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from finegrain.cli import app
+from cli import app
 from finegrain.data.retail import (
     CATALOG_FILE,
     CATALOG_SCHEMA,

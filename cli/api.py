@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.errors import FinegrainError
 from finegrain.settings import Settings, get_settings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from finegrain.cli import api, bench, data, evaluate, jobs, models, settings_cmd, stack
-from finegrain.cli.output import err_console
+from cli import api, bench, data, evaluate, jobs, models, settings_cmd, stack
+from finegrain.console import err_console
 
 app = typer.Typer(
     help="Finegrain: self-hosted, fine-grained recommendations. Every command reads FINEGRAIN_* settings.",

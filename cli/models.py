@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.errors import FinegrainError
 from finegrain.settings import get_settings
 from finegrain.storage.workers import rollout, worker_states

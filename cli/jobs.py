@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.console import console, fail, print_json_line, summary_table
+from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError
-from finegrain.jobs import RESULT_COLUMNS, load_job, parse_as_of, registry, result_row, run_jobs
+from finegrain.jobs import RESULT_COLUMNS, load_job, registry, result_row, run_jobs
 from finegrain.settings import get_settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from pymongo.errors import PyMongoError
 
-from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.data.retail import (
     LoadReport,
     load_online_retail,

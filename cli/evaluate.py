@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,7 +29,8 @@ import pandas as pd
 import scipy.sparse as sp
 import typer
 
-from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.console import Step, console, fail, print_json_line, step, summary_table
+from finegrain.dates import parse_as_of, rows_before
 from finegrain.errors import DataError, FinegrainError
 from finegrain.evaluation.protocol import (
     DEFAULT_KS,
@@ -51,7 +52,7 @@ from finegrain.evaluation.report import (
     summary_rows,
 )
 from finegrain.evaluation.report import write_report as write_full_report
-from finegrain.jobs import RESULT_COLUMNS, JobError, JobResult, load_job, parse_as_of, result_row, run_jobs
+from finegrain.jobs import RESULT_COLUMNS, JobError, JobResult, load_job, result_row, run_jobs
 from finegrain.recall.content import ContentConfig, RedisPostings, wanted_postings
 from finegrain.recall.content import recommend as recommend_content
 from finegrain.recall.item_to_item import (
@@ -82,8 +83,6 @@ DATASET_JOBS = {Dataset.POPULARITY: "popularity", Dataset.SIMILARITY: "item_simi
 
 # Narrow terminals: the table keeps its figures readable with short channel names.
 SHORT_LABELS = {f"item_to_item:{algorithm}": f"i2i {algorithm}" for algorithm in SIMILARITY_ALGORITHMS}
-
-Step = Callable[[str], None]
 
 
 @dataclass
@@ -324,10 +323,6 @@ def _write(writer: Callable[[Any, Path], dict[str, Path]], evaluation: Any, fold
         print_json_line({**evaluation.as_dict(), "report": {k: str(v) for k, v in paths.items()}})
 
 
-def _step(message: str) -> None:
-    console.print(f"[dim]{datetime.now():%H:%M:%S}[/] {message} ...", highlight=False)
-
-
 DEFAULT_AS_OF = SPLIT_DATE.isoformat()
 JsonOption = Annotated[bool, typer.Option("--json", help="Also print the figures as one JSON object on the "
                                           "last line.")]
@@ -362,7 +357,7 @@ def channels(
 
     try:
         date_ = parse_as_of(as_of)
-        evaluation = evaluate_channels(settings, date_, events_path, rebuild=rebuild, step=_step,
+        evaluation = evaluate_channels(settings, date_, events_path, rebuild=rebuild, step=step,
                                        replace_newer=replace_newer)
     except FinegrainError as exc:
         raise fail(str(exc)) from None
@@ -429,7 +424,7 @@ def content_channel(settings: Settings, version: str, split: EvaluationSplit, ev
     from models.training_set import item_attributes_as_of
 
     config = config or ContentConfig()
-    history = events.loc[_before(events, split.split_date)]
+    history = events.loc[rows_before(events, split.split_date)]
     lookup = ItemLookup.from_attributes(item_attributes_as_of(history))
     users = set(split.users.tolist())
     profiles = {p.user_id: p for p in user_profiles(history[history["user_id"].isin(users)],
@@ -450,13 +445,6 @@ def content_channel(settings: Settings, version: str, split: EvaluationSplit, ev
         ranked[row, :int(keep.sum())] = index[keep]
         scores[row, :int(keep.sum())] = found.scores[keep]
     return ChannelRanking(ranked, scores)
-
-
-def _before(events: pd.DataFrame, day: date) -> np.ndarray:
-    timestamps = events["timestamp"]
-    if timestamps.dt.tz is None:
-        timestamps = timestamps.dt.tz_localize("UTC")
-    return np.asarray(timestamps < pd.Timestamp(day, tz="UTC"))
 
 
 def embedding_channel(events: pd.DataFrame, split: EvaluationSplit, depth: int
@@ -729,7 +717,7 @@ def all_(
                 chosen = list(RANKERS) if tf_ranker_available() else ["xgboost"]
             else:
                 chosen = [r.strip() for r in rankers.split(",") if r.strip()]
-        evaluation = evaluate_all(settings, date_, events_path, rebuild=rebuild, step=_step,
+        evaluation = evaluate_all(settings, date_, events_path, rebuild=rebuild, step=step,
                                   replace_newer=replace_newer, rankers=chosen,
                                   quotas=parse_quotas(quotas) if quotas else None,
                                   merge_item_to_item=merge_i2i)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from finegrain.cli.output import console, fail, print_json_line, summary_table
+from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.errors import StackError
 from finegrain.settings import get_settings
 from finegrain.stack import SERVICE_NAMES, ServiceStatus, services

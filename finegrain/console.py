@@ -1,10 +1,13 @@
-"""How every command reports: rich progress and tables for people, one JSON line for scripts."""
+"""How every layer reports to people and scripts: progress lines, summary tables and the one-line error
+for people, one JSON line for scripts. The command line, the Spark jobs' entry points, the models'
+training runs and the benchmarks all print through here, so they read the same."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -14,6 +17,18 @@ from rich.table import Table
 # Piped into a log or a CI transcript, rich would fold tables at 80 columns; a log has room for more.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
+
+# A progress callback: long work calls it once per step with a line saying what it starts now.
+Step = Callable[[str], object]
+
+
+def step(message: str) -> None:
+    """The `Step` of an interactive command: the time, then what starts now."""
+    console.print(f"[dim]{datetime.now():%H:%M:%S}[/] {message} ...", highlight=False)
+
+
+def quiet(_message: str) -> None:
+    """The `Step` of a caller that wants no progress lines."""
 
 
 def summary_table(title: str, rows: Iterable[Sequence[Any]], columns: Sequence[str]) -> Table:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from finegrain.cli.output import console, fail, summary_table
+from finegrain.console import console, fail, summary_table
 from finegrain.settings import PROJECT_ROOT
 
 BENCH_DIR = PROJECT_ROOT / "bench"

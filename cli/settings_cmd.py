@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from finegrain.cli.output import console, print_json_line, summary_table
+from finegrain.console import console, print_json_line, summary_table
 from finegrain.settings import Settings, get_settings
 
 

@@ -1,3 +1,0 @@
-from finegrain.cli import main
-
-main()
