@@ -46,13 +46,12 @@ from finegrain.features.item import item_features
 from finegrain.features.ranking import RANKING_FEATURE_NAMES, RECENT_ITEM_TO_ITEM, ItemTable, ranking_features
 from finegrain.features.user import ItemLookup, user_profiles
 from finegrain.recall.item_to_item import ItemToItemConfig, NeighbourMatrix, score_users, seed_matrix
+from finegrain.recall.similarity import SimilarityConfig, cosine_neighbours
 from finegrain.schemas import UserProfile
-from spark_jobs.item_similarity import SimilarityConfig, build_matrix, cosine_block
 
 LABEL_DAYS = 30
 I2I_DEPTH = 200
 POPULAR_DEPTH = 50
-COSINE_BLOCK = 256
 
 
 def midnight_ms(day: date) -> int:
@@ -123,22 +122,6 @@ def item_attributes_as_of(history: pd.DataFrame) -> pd.DataFrame:
     prices = history.groupby("item_id")["price"].median().reset_index()
     merged = prices.merge(descriptions[["item_id", "description"]], on="item_id", how="left")
     return item_attributes_frame(merged)
-
-
-def cosine_neighbours(history: pd.DataFrame, config: SimilarityConfig | None = None) -> NeighbourMatrix:
-    """The similarity job's cosine lists as of the history's end, with its kernels and caps."""
-    config = config or SimilarityConfig()
-    pairs = (history.assign(last_ts=epoch_ms(history["timestamp"]))
-             .groupby(["user_id", "item_id"]).agg(last_ts=("last_ts", "max"), lines=("last_ts", "size"))
-             .reset_index())
-    matrix, _ = build_matrix(pairs, config)
-    lists: dict[str, tuple[list[str], list[float]]] = {}
-    for start in range(0, matrix.n_items, COSINE_BLOCK):
-        block = np.arange(start, min(start + COSINE_BLOCK, matrix.n_items))
-        for item, neighbours, scores in cosine_block(matrix, block, config.top_n):
-            lists[str(matrix.item_ids[item])] = ([str(i) for i in matrix.item_ids[neighbours]],
-                                                 scores.tolist())
-    return NeighbourMatrix.from_lists(lists, [str(i) for i in matrix.item_ids])
 
 
 @dataclass(frozen=True)

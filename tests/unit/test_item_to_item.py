@@ -22,14 +22,14 @@ from finegrain.recall.item_to_item import (
     seed_weights,
     seeds,
 )
-from finegrain.schemas import PurchaseHistory, ScoredItemList
-from spark_jobs.item_similarity import (
+from finegrain.recall.similarity import (
     SimilarityConfig,
     build_matrix,
     cosine_block,
     swing_item,
     top_neighbours,
 )
+from finegrain.schemas import PurchaseHistory, ScoredItemList
 
 TODAY = 15_000
 NEIGHBOURS = {
