@@ -129,7 +129,7 @@ def main(
 ) -> None:
     """Time the whole offline build on the real data and on `scale` x synthetic data."""
     settings = get_settings()
-    real_events = settings.data_dir / "retail" / "events.parquet"
+    real_events = settings.events_path
     if not real_events.exists():
         subprocess.run(
             [sys.executable, "-m", "cli", "data", "load"], check=True, stdout=subprocess.DEVNULL

@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 
 from finegrain.codecs import encode
 from finegrain.console import console, print_json_line, summary_table
-from finegrain.data.retail import EVENTS_FILE, load_online_retail, read_catalog, read_events
+from finegrain.data.retail import load_online_retail, read_catalog, read_events
 from finegrain.features.catalog import item_attributes_frame
 from finegrain.features.item import item_features
 from finegrain.features.user import ItemLookup, user_profiles
@@ -183,7 +183,7 @@ def main(
 ) -> None:
     """Bytes and speed of protobuf versus JSON for catalogue entries, user summaries and events."""
     settings = get_settings()
-    path = events_path or settings.data_dir / "retail" / EVENTS_FILE
+    path = events_path or settings.events_path
     with console.status("reading the real data ..."):
         if not path.exists():
             load_online_retail(settings.source_csv, path.parent)

@@ -65,7 +65,7 @@ def check_ready(settings: Settings) -> None:
 def user_file(settings: Settings, folder: Path, seed: int = 0) -> tuple[Path, int]:
     """Every user of the data in a shuffled order (users first seen after the features' as-of date
     take the cold-start path, as new customers do), plus 5% never-seen ids."""
-    users = pd.read_parquet(settings.data_dir / "retail" / "events.parquet", columns=["user_id"])["user_id"]
+    users = pd.read_parquet(settings.events_path, columns=["user_id"])["user_id"]
     ids = users.astype(str).unique().tolist()
     ids += [f"new-customer-{i}" for i in range(len(ids) // 20)]
     random.Random(seed).shuffle(ids)

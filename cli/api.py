@@ -103,7 +103,7 @@ def status(json: JsonOption = False) -> None:
 def _descriptions(settings: Settings) -> dict[str, str]:
     """Item descriptions from the loaded catalogue, to make the demo's output readable (the API itself
     answers with ids: clients hold their own catalogue)."""
-    path = settings.data_dir / "retail" / "catalog.parquet"
+    path = settings.catalog_path
     if not path.exists():
         return {}
     import pandas as pd

@@ -60,7 +60,7 @@ def load(
     """
     settings = get_settings()
     source_path = source if source is not None else settings.source_csv
-    out_dir = out if out is not None else settings.data_dir / "retail"
+    out_dir = out if out is not None else settings.retail_dir
     with _failing_cleanly(out_dir), console.status(f"loading {source_path} ...") as status:
         report = load_online_retail(source_path, out_dir, progress=lambda step: status.update(f"{step} ..."))
     console.print(summary_table("Online Retail II load", _load_rows(report), ["figure", "value"]))
@@ -104,7 +104,7 @@ def synth(
     if seed < 0:
         raise fail(f"--seed must be a non-negative integer, got {seed}")
     settings = get_settings()
-    source_dir = source if source is not None else settings.data_dir / "retail"
+    source_dir = source if source is not None else settings.retail_dir
     out_dir = out if out is not None else settings.data_dir / f"synthetic-x{scale}"
     if out_dir.resolve() == source_dir.resolve():
         raise fail(f"--out must differ from --source ({source_dir}): it would overwrite the real data")
@@ -142,7 +142,7 @@ def publish_catalog_command(
 ) -> None:
     """Write the item catalogue into MongoDB as a new version (catalog__<version>) and switch to it."""
     settings = get_settings()
-    folder = source or settings.data_dir / "retail"
+    folder = source or settings.retail_dir
     with _failing_cleanly(folder), console.status(f"publishing the catalogue of {folder} to MongoDB ..."):
         try:
             report = publish_catalog(settings, read_catalog(folder))

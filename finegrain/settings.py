@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from finegrain.data.layout import CATALOG_FILE, EVENTS_FILE, LOADED_FOLDER
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE_CSV = (
     PROJECT_ROOT.parent / "shared" / "data" / "online_retail_ii" / "online_retail_ii_2009_2010.csv.gz"
@@ -85,6 +87,20 @@ class Settings(BaseSettings):
     def data_dir(self) -> Path:
         """Where loaded and generated data sets (Parquet) are written."""
         return self.var_dir / "data"
+
+    @property
+    def retail_dir(self) -> Path:
+        """Where `finegrain data load` writes the canonical events and catalogue by default."""
+        return self.data_dir / LOADED_FOLDER
+
+    @property
+    def events_path(self) -> Path:
+        """The canonical events every job, training run and evaluation reads unless told otherwise."""
+        return self.retail_dir / EVENTS_FILE
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.retail_dir / CATALOG_FILE
 
     @property
     def stack_dir(self) -> Path:

@@ -35,11 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from finegrain.data.layout import CATALOG_FILE, EVENTS_FILE, REPORT_FILE
 from finegrain.errors import DataError
-
-EVENTS_FILE = "events.parquet"
-CATALOG_FILE = "catalog.parquet"
-REPORT_FILE = "report.json"
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "Invoice",

@@ -14,9 +14,9 @@ from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from cli import evaluate as evaluate_cli
-from cli.evaluate import ALL_DATASET_JOBS, ensure_datasets
 from finegrain.evaluation.protocol import REFERENCE, SPLIT_DATE
 from finegrain.settings import Settings
+from spark_jobs.ensure import RECALL_DATASET_JOBS, ensure_datasets
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def datasets(settings: Settings, spark: SparkSession, retail_data: Path) -> dict
     """Popularity, similarity and the content index as of the split, built once with the shared session
     (other modules may have built some as of a later date: replace them here)."""
     versions, _ = ensure_datasets(settings, SPLIT_DATE, retail_data / "events.parquet", spark=spark,
-                                  replace_newer=True, dataset_jobs=ALL_DATASET_JOBS)
+                                  replace_newer=True, dataset_jobs=RECALL_DATASET_JOBS)
     return versions
 
 

@@ -12,12 +12,13 @@ from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from cli import evaluate as evaluate_cli
-from cli.evaluate import ChannelEvaluation, evaluate_channels
 from finegrain.evaluation.protocol import REFERENCE, SPLIT_DATE, build_split, load_events, most_popular
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset
 from finegrain.storage.redis_versions import RedisVersions
+from models.evaluate_channels import ChannelEvaluation, evaluate_channels
+from spark_jobs.ensure import ensure_datasets
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +28,9 @@ TOLERANCE = 0.005
 @pytest.fixture(scope="module")
 def evaluation(settings: Settings, spark: SparkSession, retail_data: Path) -> ChannelEvaluation:
     # Other modules of the session may have built these datasets as of a later date.
-    return evaluate_channels(
-        settings, SPLIT_DATE, retail_data / "events.parquet", spark=spark, replace_newer=True
-    )
+    events = retail_data / "events.parquet"
+    versions, _ = ensure_datasets(settings, SPLIT_DATE, events, spark=spark, replace_newer=True)
+    return evaluate_channels(settings, SPLIT_DATE, events, versions)
 
 
 def test_the_protocol_alone_reproduces_most_pop(retail_data: Path) -> None:
@@ -116,7 +117,6 @@ def test_an_earlier_split_refuses_to_replace_newer_datasets(
         evaluation: ChannelEvaluation, settings: Settings, retail_data: Path) -> None:
     from datetime import date
 
-    from cli.evaluate import ensure_datasets
     from finegrain.jobs import JobError
 
     before = dict(evaluation.versions)
