@@ -39,6 +39,7 @@ from finegrain.evaluation.protocol import (
     load_events,
 )
 from finegrain.evaluation.report import fmt
+from finegrain.features.catalog import item_attributes_as_of
 from finegrain.recall.content import ContentConfig, RedisPostings, wanted_postings
 from finegrain.recall.content import recommend as recommend_content
 from finegrain.recall.item_to_item import (
@@ -53,10 +54,10 @@ from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import RedisKeys
 from finegrain.storage.lists import read_list
+from finegrain.training.candidates import MOST_POPULAR_NAME, MOST_POPULAR_SCOPE
 
 VARIANTS = ("standard", "explore")
 METRICS = tuple(f"{name}@{k}" for k in DEFAULT_KS for name in ("HR", "Recall", "NDCG"))
-MOST_POPULAR_LIST = ("global", "all@all")
 SIMILARITY_ALGORITHMS = ("cosine", "swing")
 
 
@@ -93,7 +94,7 @@ class ChannelEvaluation:
 
 def most_popular_list(settings: Settings, version: str) -> ScoredItemList:
     """The popularity job's MostPop list (distinct buyers over the whole history) of a version."""
-    key = RedisKeys.popular_items(version, *MOST_POPULAR_LIST)
+    key = RedisKeys.popular_items(version, MOST_POPULAR_SCOPE, MOST_POPULAR_NAME)
     stored = read_list(redis_client(settings), key)
     if stored is None or not len(stored.item_ids):
         raise DataError(f"no MostPop list at {key}: rebuild the popularity dataset (--rebuild)")
@@ -259,7 +260,6 @@ def content_channel(settings: Settings, version: str, split: EvaluationSplit, ev
     hold at the split (`finegrain.features.user` on the lines before it) and the postings of the index
     version in Redis."""
     from finegrain.features.user import ItemLookup, user_profiles
-    from models.training_set import item_attributes_as_of
 
     config = config or ContentConfig()
     history = events.loc[rows_before(events, split.split_date)]

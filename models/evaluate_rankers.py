@@ -23,23 +23,27 @@ sha256), evaluation.md; for the TF ranker tf_ranker/<version>/ (the SavedModel) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import pandas as pd
+import typer
 
+from finegrain.console import fail
+from finegrain.dates import as_of_ms
 from finegrain.evaluation.metrics import auc, grouped_auc, ranking_metrics
 from finegrain.evaluation.protocol import REFERENCE as README_REFERENCE
 from finegrain.evaluation.protocol import SPLIT_DATE, EvaluationSplit, build_split, load_events
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from models.training_set import LABEL_DAYS, TrainingSet, build_cutoff, build_training_set, midnight_ms
+from finegrain.settings import get_settings
+from finegrain.training.training_set import LABEL_DAYS, TrainingSet
+from models.training_set import build_cutoff, build_training_set
 from models.xgboost_ranker import (
     OBJECTIVES,
     RankerArtifact,
@@ -154,7 +158,7 @@ def choose_objective(events: pd.DataFrame, config: RankerConfig, objectives: tup
                      max_users: int | None = None) -> tuple[str, dict[str, dict[str, float]]]:
     """Best objective by NDCG@20 on the validation cut-off; events at or after the README split are
     dropped first, so the test window cannot influence the choice."""
-    before_test = events.loc[epoch_ms(events["timestamp"]) < midnight_ms(SPLIT_DATE)]
+    before_test = events.loc[epoch_ms(events["timestamp"]) < as_of_ms(SPLIT_DATE)]
     train = build_training_set(before_test, VALID_TRAIN_CUTOFFS, as_of=VALID_CUTOFF, max_users=max_users)
     valid = build_cutoff(before_test, VALID_CUTOFF)
     figures = {"item_to_item alone": _round(group_metrics(valid, i2i_scores(valid)))}
@@ -295,7 +299,7 @@ def compare_architectures(events: pd.DataFrame, config: TFRankerConfig, max_user
     choice, the events from the README split on are dropped first."""
     from models.tf_ranker import ARCHITECTURES, train_tf_ranker
 
-    before_test = events.loc[epoch_ms(events["timestamp"]) < midnight_ms(SPLIT_DATE)]
+    before_test = events.loc[epoch_ms(events["timestamp"]) < as_of_ms(SPLIT_DATE)]
     train = build_training_set(before_test, VALID_TRAIN_CUTOFFS, as_of=VALID_CUTOFF, max_users=max_users)
     valid = build_cutoff(before_test, VALID_CUTOFF)
     figures = {"item_to_item alone": _round(group_metrics(valid, i2i_scores(valid)))}
@@ -390,65 +394,75 @@ def write_outputs(result: RankerEvaluation, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ranker", choices=RANKERS, default="xgboost")
-    parser.add_argument("--events", type=Path, default=Path("var/data/retail/events.parquet"))
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--training-set", type=Path, default=None,
-                        help="train on this pre-built training set (the Spark job's) instead of building one")
-    parser.add_argument("--objective", choices=OBJECTIVES, default=None,
-                        help="skip the validation choice and train with this objective")
-    parser.add_argument("--rounds", type=int, default=RankerConfig().rounds)
-    parser.add_argument("--epochs", type=int, default=None, help="TF ranker: at most this many epochs")
-    parser.add_argument("--architecture", default=None, help="TF ranker: dcn or wide_deep")
-    parser.add_argument("--tf-validate", action="store_true",
-                        help="TF ranker: first compare the architectures on the validation split")
-    args = parser.parse_args(argv)
+def main(
+    ranker: Annotated[str, typer.Option(help="xgboost, tf or all.")] = "xgboost",
+    events_path: Annotated[Path | None, typer.Option(
+        "--events", help="Canonical events Parquet (default: the loaded data, Settings.events_path).",
+        show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the model, manifest and Markdown tables.",
+                                             show_default=False)] = None,
+    training_set: Annotated[Path | None, typer.Option(
+        help="Train on this pre-built training set (the Spark job's) instead of building one.",
+        show_default=False)] = None,
+    objective: Annotated[str | None, typer.Option(
+        help=f"Skip the validation choice and train with this objective ({', '.join(OBJECTIVES)}).",
+        show_default=False)] = None,
+    rounds: Annotated[int, typer.Option(help="XGBoost boosting rounds.")] = RankerConfig().rounds,
+    epochs: Annotated[int | None, typer.Option(help="TF ranker: at most this many epochs.",
+                                               show_default=False)] = None,
+    architecture: Annotated[str | None, typer.Option(help="TF ranker: dcn or wide_deep.",
+                                                     show_default=False)] = None,
+    tf_validate: Annotated[bool, typer.Option(
+        help="TF ranker: first compare the architectures on the validation split.")] = False,
+) -> None:
+    """Train and evaluate the rankers on the README protocol and print their tables."""
+    if ranker not in RANKERS:
+        raise fail(f"bad --ranker {ranker!r}: one of {', '.join(RANKERS)}")
+    if objective is not None and objective not in OBJECTIVES:
+        raise fail(f"bad --objective {objective!r}: one of {', '.join(OBJECTIVES)}")
     started = time.perf_counter()
-    events = load_events(args.events)
+    events = load_events(events_path or get_settings().events_path)
     train = None
-    if args.training_set is not None:
+    if training_set is not None:
         from models.training_set_io import read_training_set
 
-        train = read_training_set(args.training_set)
+        train = read_training_set(training_set)
     test = ReadmeRows.build(events)
     if train is None:
         train, _ = training_rows(events, TRAIN_CUTOFFS, None, print)
     results: list[RankerEvaluation | TFEvaluation] = []
-    if args.ranker in ("xgboost", "all"):
-        result = evaluate(events, config=RankerConfig(rounds=args.rounds), objective=args.objective,
+    if ranker in ("xgboost", "all"):
+        result = evaluate(events, config=RankerConfig(rounds=rounds), objective=objective,
                           train=train, test=test)
         result.seconds["total"] = round(time.perf_counter() - started, 2)
         print(result.markdown())
-        if args.out:
-            for name, path in write_outputs(result, args.out).items():
+        if out:
+            for name, path in write_outputs(result, out).items():
                 print(f"{name}: {path}")
         # Reload the bytes as serving would, to prove the artifact stands on its own.
         XGBoostRanker.from_bytes(result.artifact.model, result.artifact.feature_names, result.artifact.config)
         results.append(result)
-    if args.ranker in ("tf", "all"):
+    if ranker in ("tf", "all"):
         from models.tf_ranker import TFRankerConfig
 
         changes: dict[str, Any] = {}
-        if args.epochs is not None:
-            changes["epochs"] = args.epochs
-        if args.architecture is not None:
-            changes["architecture"] = args.architecture
+        if epochs is not None:
+            changes["epochs"] = epochs
+        if architecture is not None:
+            changes["architecture"] = architecture
         tf_result = evaluate_tf(events, config=TFRankerConfig(**changes), train=train, test=test,
-                                validate=args.tf_validate)
+                                validate=tf_validate)
         print(tf_result.markdown())
-        if args.out:
-            for name, path in write_tf_outputs(tf_result, args.out).items():
+        if out:
+            for name, path in write_tf_outputs(tf_result, out).items():
                 print(f"{name}: {path}")
         results.append(tf_result)
     if len(results) > 1:
         print(comparison_markdown(results))
-        if args.out:
-            (args.out / "rankers.md").write_text(comparison_markdown(results))
+        if out:
+            (out / "rankers.md").write_text(comparison_markdown(results))
     print(f"total {time.perf_counter() - started:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    typer.run(main)

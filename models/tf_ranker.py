@@ -36,7 +36,7 @@ import numpy as np
 
 from finegrain.evaluation.metrics import ranking_metrics
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from models.training_set import TrainingSet
+from finegrain.training.training_set import TrainingSet
 
 # Before TensorFlow is imported: its C++ start-up banner and oneDNN notices are noise in a CLI.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

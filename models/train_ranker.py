@@ -18,10 +18,10 @@ from typing import Any
 from finegrain.evaluation.protocol import SPLIT_DATE, load_events
 from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings
+from finegrain.training.training_set import TrainingSet
 from models.evaluate_rankers import RankerEvaluation, TFEvaluation, evaluate, evaluate_tf
 from models.publishing import ModelPublisher, PublishResult, run_summary
 from models.registry import ModelRegistry, file_sha256
-from models.training_set import TrainingSet
 from models.xgboost_ranker import RankerConfig
 
 KINDS = ("xgboost", "tf")

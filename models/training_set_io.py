@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from models.training_set import TrainingSet
+from finegrain.training.training_set import TrainingSet
 
 MANIFEST_NAME = "_manifest.json"
 META_COLUMNS: tuple[str, ...] = ("cutoff", "user_id", "item_id", "label", "n_targets", "group", "position")

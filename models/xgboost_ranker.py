@@ -30,7 +30,7 @@ import numpy as np
 import xgboost as xgb
 
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from models.training_set import TrainingSet
+from finegrain.training.training_set import TrainingSet
 
 OBJECTIVES = ("binary:logistic", "rank:ndcg", "rank:pairwise")
 FORMAT = "xgboost-ubj"

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import redis
 from google.protobuf.message import DecodeError
 
@@ -28,16 +27,19 @@ from finegrain.features.ranking import RECENT_ITEM_TO_ITEM, ranking_features
 from finegrain.recall.merge import MergedCandidates, merge
 from finegrain.schemas import RealtimeProfile, UserProfile
 from finegrain.storage.contract import Dataset, RedisKeys
+from finegrain.storage.lists import EMPTY_LIST, RankedList
+from finegrain.training.candidates import MOST_POPULAR_LIST, CandidateConfig, candidate_context
 from serving import metrics
 from serving.config import RANKER_MODELS, SceneConfig, ServingConfig
 from serving.ranking.base import Ranker
 from serving.recall import RecallChannel, Recalled, RecallRequest, build_channels
 from serving.recall.item_to_item import RECENT_SCORES, history_scores
-from serving.state import RANKING_POPULAR_DEPTH, RANKING_POPULAR_LIST, DataSnapshot, ModelSet, RankedList
+from serving.state import DataSnapshot, ModelSet
 
 log = logging.getLogger(__name__)
 
-I2I_FEATURE_DEPTH = 200  # the training sets' item-to-item depth (models.training_set.I2I_DEPTH)
+# The rankers were trained on the default candidate context (`spark_jobs/training_set.py`).
+CANDIDATES = CandidateConfig()
 
 
 @dataclass
@@ -164,31 +166,18 @@ class Recommender:
 
     def _features(self, profile: UserProfile, data: DataSnapshot, merged: MergedCandidates,
                   recalled: Mapping[str, Recalled]) -> np.ndarray:
-        ids = merged.item_ids
-        position = pd.Index(ids)
-        i2i = np.zeros(len(ids))
-        i2i_ids: np.ndarray = np.empty(0, dtype=object)
-        if "item_to_item" in recalled:
-            result = recalled["item_to_item"]
-            i2i_ids = result.item_ids[:I2I_FEATURE_DEPTH]
-            where = position.get_indexer(i2i_ids)
-            i2i[where[where >= 0]] = result.scores[:I2I_FEATURE_DEPTH][where >= 0]
-        popular = data.popular_list(RANKING_POPULAR_LIST)
-        top_popular = popular.item_ids[:RANKING_POPULAR_DEPTH]
-        pop = np.zeros(len(ids))
-        where = position.get_indexer(top_popular)
-        pop[where[where >= 0]] = popular.scores[:RANKING_POPULAR_DEPTH][where >= 0]
+        """The rankers' features of the merged candidates, with the candidate context training reads
+        (`finegrain.training.candidates`): the same lists at the same depths."""
+        i2i = recalled.get("item_to_item")
+        item_to_item = RankedList(i2i.item_ids, i2i.scores) if i2i is not None else EMPTY_LIST
         cosine = data.neighbours["cosine"]
-        shared = recalled["item_to_item"].extra.get(RECENT_SCORES) if "item_to_item" in recalled else None
-        recent_all = shared if shared is not None else history_scores(
+        shared = i2i.extra.get(RECENT_SCORES) if i2i is not None else None
+        recent = shared if shared is not None else history_scores(
             profile.history, cosine, data.today, RECENT_ITEM_TO_ITEM, repeat=False)
-        columns = cosine.index(ids)
-        recent = np.where(columns >= 0, recent_all[np.maximum(columns, 0)], 0.0)
-        # The size of the candidate set training saw for this user (item-to-item + popular).
-        training_candidates = len(i2i_ids) + int((~pd.Index(top_popular).isin(i2i_ids)).sum())
-        return ranking_features(profile, ids, {"item_to_item": i2i, "popularity": pop,
-                                               "item_to_item_recent": recent},
-                                data.items, candidate_count=training_candidates)
+        context = candidate_context(merged.item_ids, item_to_item, data.popular_list(MOST_POPULAR_LIST),
+                                    recent, cosine, CANDIDATES)
+        return ranking_features(profile, merged.item_ids, context.recall, data.items,
+                                candidate_count=context.candidate_count)
 
     def _rank(self, scene: SceneConfig, models: ModelSet, profile: UserProfile | None, data: DataSnapshot,
               merged: MergedCandidates, recalled: Mapping[str, Recalled], trace: Trace

@@ -27,15 +27,12 @@ from finegrain.features.ranking import ItemTable
 from finegrain.recall.item_to_item import NeighbourMatrix, read_neighbour_lists
 from finegrain.schemas import ItemFeatureMatrix, ModelManifest, ScoredItemList
 from finegrain.storage.contract import Dataset, RedisKeys
-from finegrain.storage.lists import current_version
+from finegrain.storage.lists import EMPTY_LIST, RankedList, current_version
 
 log = logging.getLogger(__name__)
 
 SERVED_DATASETS = (Dataset.FEATURES, Dataset.INDEX, Dataset.SIMILARITY, Dataset.POPULARITY)
 SIMILARITY_ALGORITHMS = ("cosine", "swing")
-# The ranker's `recall_popularity` feature: distinct buyers over all the history (models.training_set).
-RANKING_POPULAR_LIST = "global:all@all"
-RANKING_POPULAR_DEPTH = 50
 SCAN_BATCH = 2000
 
 
@@ -43,18 +40,6 @@ class SnapshotError(Exception):
     """A dataset version that cannot be served (missing pointer, missing keys); the old one stays."""
 
 
-@dataclass(frozen=True)
-class RankedList:
-    item_ids: np.ndarray  # object (str)
-    scores: np.ndarray  # float64
-
-    @classmethod
-    def of(cls, message: ScoredItemList) -> RankedList:
-        return cls(np.asarray(list(message.item_ids), dtype=object),
-                   np.asarray(list(message.scores), dtype=np.float64))
-
-
-EMPTY = RankedList(np.empty(0, dtype=object), np.empty(0))
 
 
 @dataclass(frozen=True)
@@ -71,7 +56,7 @@ class DataSnapshot:
         object.__setattr__(self, "today", int(self.items.as_of_ms // 86_400_000))
 
     def popular_list(self, name: str) -> RankedList:
-        return self.popular.get(name, EMPTY)
+        return self.popular.get(name, EMPTY_LIST)
 
     def known(self, item_ids: np.ndarray) -> np.ndarray:
         return self.items.index(np.asarray(item_ids, dtype=object)) >= 0
@@ -189,7 +174,7 @@ def save_fallback(snapshot: DataSnapshot, path: Path) -> None:
     best = snapshot.popular_list("global:all@30d")
     if not len(best.item_ids):
         globals_ = [name for name in sorted(snapshot.popular) if name.startswith("global:")]
-        best = snapshot.popular[globals_[0]] if globals_ else EMPTY
+        best = snapshot.popular[globals_[0]] if globals_ else EMPTY_LIST
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"versions": dict(snapshot.versions), "item_ids": [str(i) for i in best.item_ids[:500]],
                "scores": [float(s) for s in best.scores[:500]]}
@@ -204,4 +189,4 @@ def load_fallback(path: Path) -> RankedList:
         return RankedList(np.asarray(payload["item_ids"], dtype=object),
                           np.asarray(payload["scores"], dtype=np.float64))
     except (OSError, ValueError, KeyError):
-        return EMPTY
+        return EMPTY_LIST

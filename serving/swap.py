@@ -38,6 +38,7 @@ from finegrain.schemas import ModelManifest
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import ZkPaths
+from finegrain.storage.lists import RankedList
 from finegrain.storage.workers import worker_states as worker_states
 from models.registry import ModelRegistry, RegistryError
 from serving import metrics
@@ -48,7 +49,6 @@ from serving.state import (
     DataSnapshot,
     LoadedModel,
     ModelSet,
-    RankedList,
     SnapshotError,
     dataset_versions,
     load_fallback,

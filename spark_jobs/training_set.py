@@ -1,4 +1,5 @@
-"""The ranker training set as a Spark job: the rows of `models.training_set.build_training_set`, with
+"""The ranker training set as a Spark job: the rows `finegrain.training.training_set` defines (as
+`models.training_set.build_training_set` builds them in pandas), with
 the per-user work spread over Spark partitions.
 
     spark-submit spark_jobs/training_set.py --as-of 2010-11-10 [--events P] [--out DIR]
@@ -19,7 +20,7 @@ each label window must end by the as-of date):
    window after c; descriptions dropped, they are what makes a line heavy and no per-user definition
    reads them), hash-partitions by (cut-off, user) and runs `mapInArrow`: per partition, the
    users' profiles (`finegrain.features.user.user_profiles`), their candidates, features and labels
-   (`models.training_set.rows_for_users`, the serving feature code). Rows leave as Arrow batches in
+   (`finegrain.training.training_set.rows_for_users`, the serving feature code). Rows leave as Arrow batches in
    the training-set schema, with each group's global index, and Spark writes them as Parquet.
 3. The driver reads the written set back through `read_training_set` (which checks every group is
    whole and the feature columns are right), writes the manifest and renames the staging folder into
@@ -59,19 +60,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from finegrain.dates import midnight_utc, parse_as_of
+from finegrain.dates import as_of_ms, midnight_utc, parse_as_of
 from finegrain.errors import FinegrainError
 from finegrain.features.user import user_profiles
 from finegrain.jobs import JobContext, JobError
 from finegrain.settings import Settings, get_settings
-from models.training_set import (
+from finegrain.training.candidates import CandidateConfig
+from finegrain.training.training_set import (
     LABEL_DAYS,
-    CandidateConfig,
     CutoffInputs,
     PointInTime,
     check_cutoffs,
     cutoff_users,
-    midnight_ms,
     rows_for_users,
 )
 from models.training_set_io import (
@@ -223,7 +223,7 @@ def _work_lines(spark: SparkSession, lines: DataFrame, groups: pd.DataFrame, cut
     chosen = F.broadcast(spark.createDataFrame(groups))
     parts = []
     for cutoff in cutoffs:
-        start = midnight_ms(cutoff) // 1000
+        start = as_of_ms(cutoff) // 1000
         end = start + label_days * 86_400
         window = (F.when(F.col("ts") < start, F.lit(False))
                   .when(F.col("ts") < end, F.lit(True)))  # null: after the window, dropped below

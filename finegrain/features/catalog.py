@@ -120,3 +120,16 @@ def item_attributes_frame(items: pd.DataFrame) -> pd.DataFrame:
             "terms": [description_terms(d) for d in descriptions],
         }
     )
+
+
+def item_attributes_as_of(history: pd.DataFrame) -> pd.DataFrame:
+    """Item attributes as of the end of these purchase lines, the item attributes job's definition
+    in pandas: most frequent description (ties: the first in order), median line price, then category /
+    band / terms (`item_attributes_frame`)."""
+    described = history[history["description"].notna() & (history["description"].astype(str).str.len() > 0)]
+    descriptions = (described.groupby(["item_id", "description"]).size().reset_index(name="n")
+                    .sort_values(["item_id", "n", "description"], ascending=[True, False, True])
+                    .drop_duplicates("item_id"))
+    prices = history.groupby("item_id")["price"].median().reset_index()
+    merged = prices.merge(descriptions[["item_id", "description"]], on="item_id", how="left")
+    return item_attributes_frame(merged)

@@ -1,7 +1,7 @@
 """The user x item feature vector the rankers read: one row per recalled candidate of one user.
 
-`ranking_features` is the single definition. The training-set builder (`models.training_set`) calls it
-with a profile and item features computed as of each cut-off, serving calls it with the profile and
+`ranking_features` is the single definition. The training-set definition (`finegrain.training`) calls
+it with a profile and item features computed as of each cut-off, serving calls it with the profile and
 the in-memory item matrix of the current version, so training and serving cannot disagree on what a
 feature means. A model stores `RANKING_FEATURE_NAMES` (its column order) next to its bytes.
 

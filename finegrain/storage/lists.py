@@ -1,14 +1,33 @@
-"""Ranked item lists (`ScoredItemList`) as stored in Redis: postings, neighbours, popularity, caches."""
+"""Ranked item lists (`ScoredItemList`) as stored in Redis (postings, neighbours, popularity, caches), and
+as held in memory (`RankedList`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from finegrain.codecs import decode, encode
 from finegrain.schemas import ScoredItemList
 from finegrain.storage.contract import Dataset, RedisKeys
+
+
+@dataclass(frozen=True)
+class RankedList:
+    """A ranked list in memory, best first: what a `ScoredItemList` holds, as NumPy arrays."""
+
+    item_ids: np.ndarray  # object (str)
+    scores: np.ndarray  # float64
+
+    @classmethod
+    def of(cls, message: ScoredItemList) -> RankedList:
+        return cls(np.asarray(list(message.item_ids), dtype=object),
+                   np.asarray(list(message.scores), dtype=np.float64))
+
+
+EMPTY_LIST = RankedList(np.empty(0, dtype=object), np.empty(0))
 
 
 def scored_list(

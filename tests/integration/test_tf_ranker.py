@@ -25,9 +25,10 @@ from finegrain.schemas import ModelManifest
 from finegrain.settings import Settings
 from finegrain.storage.clients import zookeeper_client
 from finegrain.storage.contract import ZkPaths
+from finegrain.training.training_set import TrainingSet
 from models.publishing import ModelPublisher
 from models.registry import ModelRegistry, untar_artifact
-from models.training_set import TrainingSet, build_cutoff
+from models.training_set import build_cutoff
 from models.training_set_io import write_training_set
 
 tf_ranker = pytest.importorskip("models.tf_ranker")

@@ -12,12 +12,14 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
+from finegrain.dates import as_of_ms
 from finegrain.evaluation.protocol import load_events
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
 from finegrain.jobs import JobError
 from finegrain.settings import Settings
-from models.training_set import TrainingSet, build_cutoff, midnight_ms
+from finegrain.training.training_set import TrainingSet
+from models.training_set import build_cutoff
 from models.training_set_io import read_manifest, read_training_set
 from spark_jobs.training_set import TrainingSetBuild, TrainingSetRequest, build_training_set_spark, main
 
@@ -71,8 +73,8 @@ def test_spark_rows_equal_the_pandas_builder(spark_rows: TrainingSet, pandas_row
 def test_labels_are_what_the_users_bought_after_the_cutoff(spark_rows: TrainingSet, events: pd.DataFrame
                                                           ) -> None:
     ts = epoch_ms(events["timestamp"])
-    start = midnight_ms(CUTOFF)
-    window = events.loc[(ts >= start) & (ts < midnight_ms(AS_OF))]
+    start = as_of_ms(CUTOFF)
+    window = events.loc[(ts >= start) & (ts < as_of_ms(AS_OF))]
     user = str(spark_rows.group_users[0])
     bought = set(window.loc[window["user_id"].astype(str) == user, "item_id"].astype(str))
     first = slice(0, int(spark_rows.group_sizes[0]))

@@ -12,18 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from finegrain.dates import as_of_ms
 from finegrain.evaluation.protocol import SPLIT_DATE, build_split, load_events
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
+from finegrain.training.training_set import CutoffInputs, PointInTime, TrainingSet
 from models.evaluate_rankers import i2i_scores, split_metrics
-from models.training_set import (
-    CutoffInputs,
-    PointInTime,
-    TrainingSet,
-    build_cutoff,
-    build_training_set,
-    midnight_ms,
-)
+from models.training_set import build_cutoff, build_training_set
 from models.xgboost_ranker import RankerConfig, XGBoostRanker, train_ranker
 
 pytestmark = pytest.mark.integration
@@ -62,7 +57,7 @@ def test_training_set_shape_and_hand_checked_labels(train_rows: TrainingSet, eve
     assert 0.4 < train_rows.candidate_recall() < 0.8
     # One user, checked against the raw events: labels = the candidates bought in the 30 days after.
     user = str(train_rows.group_users[0])
-    start, end = midnight_ms(TRAIN_CUTOFF), midnight_ms(TRAIN_CUTOFF + timedelta(days=30))
+    start, end = as_of_ms(TRAIN_CUTOFF), as_of_ms(TRAIN_CUTOFF + timedelta(days=30))
     ts = epoch_ms(events["timestamp"])
     bought = set(events.loc[(events["user_id"] == user) & (ts >= start) & (ts < end), "item_id"].astype(str))
     rows = slice(0, int(train_rows.group_sizes[0]))
@@ -108,7 +103,7 @@ def test_features_cannot_see_after_the_cut_off(events: pd.DataFrame) -> None:
     of every row stay bit-identical; only labels may change."""
     cutoff = date(2010, 9, 11)
     ts = epoch_ms(events["timestamp"])
-    later = ts >= midnight_ms(cutoff)
+    later = ts >= as_of_ms(cutoff)
     changed = events.copy()
     changed.loc[later, "quantity"] = changed.loc[later, "quantity"] * 50
     changed.loc[later, "price"] = changed.loc[later, "price"] * 3.0
@@ -125,7 +120,7 @@ def test_features_cannot_see_after_the_cut_off(events: pd.DataFrame) -> None:
 
 def test_point_in_time_guards(events: pd.DataFrame) -> None:
     point = PointInTime.split(events, TRAIN_CUTOFF)
-    assert int(epoch_ms(point.history["timestamp"]).max()) < midnight_ms(TRAIN_CUTOFF)
+    assert int(epoch_ms(point.history["timestamp"]).max()) < as_of_ms(TRAIN_CUTOFF)
     with pytest.raises(ValueError, match="before the cut-off only"):
         CutoffInputs.build(events, TRAIN_CUTOFF)
     # A label window running into the evaluation window is refused.

@@ -157,8 +157,8 @@ def test_bad_recall_input_is_refused() -> None:
 
 
 def test_ranked_lists_and_metrics_of_scored_rows() -> None:
+    from finegrain.training.training_set import TrainingSet
     from models.evaluate_rankers import group_metrics, top_rows
-    from models.training_set import TrainingSet
 
     width = len(RANKING_FEATURE_NAMES)
     rows = TrainingSet(features=np.zeros((5, width), np.float32), labels=np.array([0, 1, 1, 0, 0], np.int8),

@@ -13,7 +13,7 @@ import pytest
 
 from finegrain.evaluation.metrics import auc
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from models.training_set import TrainingSet
+from finegrain.training.training_set import TrainingSet
 
 tf_ranker = pytest.importorskip("models.tf_ranker")
 tf = pytest.importorskip("tensorflow")

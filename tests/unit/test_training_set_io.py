@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from models.training_set import TrainingSet
+from finegrain.training.training_set import TrainingSet
 from models.training_set_io import (
     manifest_path,
     read_manifest,
