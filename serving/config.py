@@ -3,7 +3,7 @@ budgets, and per scene which ranker orders the candidates and whether bought ite
 
 Loaded from the JSON file named by `FINEGRAIN_SERVING_CONFIG` (the defaults below when unset); every
 field is documented so the file is self-explaining. Channels are a list of tagged configs (`type`
-selects the implementation in `serving.recall`), so a data scientist adds a channel by adding a
+selects the implementation in `serving.channels`), so a data scientist adds a channel by adding a
 module and a config class, not by editing the request path.
 """
 

@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 import redis
 
+from serving.channels.base import RecallChannel, Recalled
 from serving.config import PopularChannelConfig, ServingConfig
-from serving.recall.base import RecallChannel, Recalled
 from serving.recommend import Recommender, Trace
 
 

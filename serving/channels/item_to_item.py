@@ -12,8 +12,8 @@ import numpy as np
 from finegrain.features.ranking import RECENT_ITEM_TO_ITEM
 from finegrain.recall.item_to_item import ItemToItemConfig, NeighbourMatrix, seed_weights, seeds
 from finegrain.schemas import PurchaseHistory
+from serving.channels.base import RecallChannel, Recalled, RecallRequest, top_k
 from serving.config import ItemToItemChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest, top_k
 
 RECENT_SCORES = "recent_scores"  # Recalled.extra: the recent score of every item of the cosine matrix
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from finegrain.recall.embedding import EmbeddingIndex
+from serving.channels.base import RecallChannel, Recalled, RecallRequest
 from serving.config import EmbeddingChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
 
 
 class EmbeddingChannel(RecallChannel):

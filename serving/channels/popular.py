@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from serving.channels.base import RecallChannel, Recalled, RecallRequest
 from serving.config import PopularChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
 
 
 class PopularChannel(RecallChannel):

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from serving.channels.base import RecallChannel, Recalled, RecallRequest
+from serving.channels.content import ContentChannel
+from serving.channels.embedding import EmbeddingChannel
+from serving.channels.item_to_item import ItemToItemChannel
+from serving.channels.popular import PopularChannel
+from serving.channels.realtime import RealtimeChannel
+from serving.channels.rule import RuleChannel
 from serving.config import ChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
-from serving.recall.content import ContentChannel
-from serving.recall.embedding import EmbeddingChannel
-from serving.recall.item_to_item import ItemToItemChannel
-from serving.recall.popular import PopularChannel
-from serving.recall.realtime import RealtimeChannel
-from serving.recall.rule import RuleChannel
 
 CHANNEL_TYPES: dict[str, type[RecallChannel]] = {
     cls.name: cls for cls in (ItemToItemChannel, ContentChannel, EmbeddingChannel, RuleChannel,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.channels.base import RecallChannel, Recalled, RecallRequest
 from serving.config import RuleChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
 
 
 class RuleChannel(RecallChannel):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from finegrain.schemas import EventType
+from serving.channels.base import RecallChannel, Recalled, RecallRequest, top_k
 from serving.config import RealtimeChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest, top_k
 
 # A purchase says less about the next purchase than a cart add: the item is bought already.
 ACTION_WEIGHT = {EventType.VIEW: 1.0, EventType.CLICK: 1.5, EventType.ADD_TO_CART: 3.0,

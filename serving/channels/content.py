@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from finegrain.recall import content
+from serving.channels.base import RecallChannel, Recalled, RecallRequest
 from serving.config import ContentChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
 
 
 class ContentChannel(RecallChannel):
