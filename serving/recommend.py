@@ -29,10 +29,12 @@ from finegrain.recall.merge import MergedCandidates, merge
 from finegrain.schemas import RealtimeProfile, UserProfile
 from finegrain.storage.contract import Dataset, RedisKeys
 from serving import metrics
-from serving.channels import RecallChannel, Recalled, RecallRequest, build_channels
+from serving.channels.base import RecallChannel, Recalled, RecallRequest
 from serving.channels.item_to_item import RECENT_SCORES, history_scores
-from serving.config import RANKER_MODELS, SceneConfig, ServingConfig
+from serving.channels.registry import build_channels
+from serving.config import ServingConfig
 from serving.ranking.base import Ranker
+from serving.scenes import RANKER_MODELS, SceneConfig
 from serving.state import RANKING_POPULAR_DEPTH, RANKING_POPULAR_LIST, DataSnapshot, ModelSet, RankedList
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import numpy as np
 import redis
 
 from serving.channels.base import RecallChannel, Recalled
-from serving.config import PopularChannelConfig, ServingConfig
+from serving.channels.popular import PopularChannelConfig
+from serving.config import ServingConfig
 from serving.recommend import Recommender, Trace
 
 

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from finegrain.errors import FinegrainError
+from serving.channels.registry import CHANNEL_CLASSES, build_channels, channel_config
 from serving.config import ServingConfig
+from serving.swap import required_models
 
 
 def _refusal(tmp_path: Path, document: dict[str, Any]) -> str:
@@ -78,3 +80,16 @@ def test_the_json_schema_documents_every_channel_type() -> None:
     assert sorted(channels["discriminator"]["mapping"]) == [
         "content", "embedding", "item_to_item", "popular", "realtime", "rule"]
     assert schema["$defs"]["EmbeddingChannelConfig"]["properties"]["model"]["description"]
+
+
+def test_every_registered_channel_is_built_from_its_own_config() -> None:
+    for channel_type, implementation in CHANNEL_CLASSES.items():
+        config = channel_config(channel_type)
+        assert type(config) is implementation.config_class and implementation.name == channel_type
+    config = ServingConfig.model_validate({"channels": [
+        {"type": "embedding", "model": "embeddings_other"}, {"type": "popular", "enabled": False}]})
+    assert [type(c) for c in build_channels(config.channels)] == [CHANNEL_CLASSES["embedding"]]
+    # The worker loads the enabled channels' models besides the scenes' rankers.
+    assert required_models(config) == ["embeddings_other", "ranker_tf", "ranker_xgboost"]
+    off = ServingConfig.model_validate({"channels": [{"type": "embedding", "enabled": False}]})
+    assert required_models(off) == ["ranker_tf", "ranker_xgboost"]
