@@ -3,8 +3,7 @@
 Answers 202 `{"accepted": n, "event_ids": [...]}` once the broker has acknowledged every event; 400 naming
 the field (and listing every bad event in `error.details`) when anything is wrong with the batch, in which
 case nothing of it is accepted; 415 for another content type; 503 when the broker does not acknowledge in
-time. Mount with `app.add_route("/v1/events", EventsResource(EventIngest.from_settings(settings)))` and
-call `resource.close()` at worker exit.
+time. Mounted in `serving.app` over the worker's `EventIngest`, which the worker closes (flushes) at exit.
 """
 
 from __future__ import annotations
