@@ -26,7 +26,7 @@ from serving.api.health import HealthResource, MetricsResource, ReadyResource
 from serving.api.recommendations import RecommendationsResource, SimilarItemsResource
 from serving.api.rules import RuleResource, RulesResource
 from serving.config import ServingConfig
-from serving.events import EventIngest
+from serving.events.ingest import EventIngest
 from serving.openapi import OpenApiResource
 from serving.recommend import Recommender
 from serving.rules.engine import RuleEngine
