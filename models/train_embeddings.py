@@ -31,7 +31,7 @@ from models.embeddings import AlsConfig, evaluate_channel, manifest_fields, trai
 from models.publishing import ModelPublisher, PublishResult, run_summary
 from models.registry import ModelRegistry, file_sha256
 
-# The name serving reads (`serving.config`: the embedding channel's model).
+# The name serving reads (`serving.channels.embedding`: the embedding channel's `model`).
 MODEL_NAME = "embeddings_als"
 GATE_METRIC = "recall@200"
 KS = (10, 20, 100, 200)

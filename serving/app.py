@@ -1,5 +1,8 @@
 """The Falcon application: routes, error shape, metrics middleware, and the per-worker services.
 
+Every route is added here, so this module is the API's one route table (`serving.openapi` documents
+it); the resources live in `serving.api`, the services they call elsewhere in `serving`.
+
 `create_app` builds everything a worker serves with; gunicorn calls it once per worker (after the
 fork, see serving/wsgi.py), so every client (Redis, Kafka, ZooKeeper, Mongo) belongs to one process.
 """
@@ -21,11 +24,14 @@ from serving.api.errors import install_error_handlers
 from serving.api.events import EventsResource
 from serving.api.health import HealthResource, MetricsResource, ReadyResource
 from serving.api.recommendations import RecommendationsResource, SimilarItemsResource
+from serving.api.rules import RuleResource, RulesResource
 from serving.config import ServingConfig
-from serving.events import EventIngest
+from serving.events.ingest import EventIngest
 from serving.openapi import OpenApiResource
 from serving.recommend import Recommender
+from serving.rules.engine import RuleEngine
 from serving.rules.service import RuleService
+from serving.rules.store import RuleStore
 from serving.swap import Runtime
 
 log = logging.getLogger(__name__)
@@ -81,6 +87,15 @@ def build_rules(settings: Settings, config: ServingConfig, runtime: Runtime, cli
     return RuleService(settings, config, runtime, client)
 
 
+def add_rule_routes(app: falcon.App[falcon.Request, falcon.Response], store: RuleStore, engine: RuleEngine
+                    ) -> None:
+    """The rules API; a function of its own so a test can serve it over a store and engine alone."""
+    rule = RuleResource(store, engine)
+    app.add_route("/v1/rules", RulesResource(store))
+    app.add_route("/v1/rules/{name}", rule)
+    app.add_route("/v1/rules/{name}/preview", rule, suffix="preview")
+
+
 class FinegrainApp(falcon.App):  # type: ignore[type-arg]  # WSGI request/response defaults
     """A Falcon app that carries its worker's services (for the worker-exit hook and tests)."""
 
@@ -100,7 +115,7 @@ def create_app(settings: Settings | None = None, config: ServingConfig | None = 
     app.add_route("/v1/recommendations", RecommendationsResource(services.runtime, services.recommender))
     app.add_route("/v1/items/{item_id}/similar", SimilarItemsResource(services.runtime))
     app.add_route("/v1/events", EventsResource(services.events))
-    services.rules.mount(app)
+    add_rule_routes(app, services.rules.store, services.rules.engine)
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(services.runtime))
     app.add_route("/metrics", MetricsResource())

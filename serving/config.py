@@ -2,99 +2,43 @@
 budgets, and per scene which ranker orders the candidates and whether bought items are filtered.
 
 Loaded from the JSON file named by `FINEGRAIN_SERVING_CONFIG` (the defaults below when unset); every
-field is documented so the file is self-explaining. Channels are a list of tagged configs (`type`
-selects the implementation in `serving.recall`), so a data scientist adds a channel by adding a
-module and a config class, not by editing the request path.
+field is documented so the file is self-explaining. Channels are a list of tagged configs: `type`
+selects the channel, whose config class lives in its own module of `serving.channels` and is found
+through `serving.channels.registry`, so a data scientist adds a channel by adding a module and one
+registry line, not by editing this file or the request path. Scene settings are `serving.scenes`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from finegrain.errors import FinegrainError
+from serving.channels.registry import AnyChannelConfig, channel_config
+from serving.scenes import SceneConfig
 
 
-class _Channel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    quota: int = Field(200, ge=0, le=2000, description="Most candidates this channel may place in the merge.")
-    budget_ms: float = Field(20.0, gt=0, description="Time budget; a channel still running after it is "
-                             "dropped from this request, which is flagged as degraded.")
-    enabled: bool = Field(True, description="Off: the channel is not run at all.")
-
-
-class ItemToItemChannelConfig(_Channel):
-    type: Literal["item_to_item"] = "item_to_item"
-    algorithm: Literal["cosine", "swing"] = Field(
-        "cosine", description="Neighbour lists to read; the ranker was trained on cosine-based scores.")
-
-
-class ContentChannelConfig(_Channel):
-    type: Literal["content"] = "content"
-
-
-class EmbeddingChannelConfig(_Channel):
-    type: Literal["embedding"] = "embedding"
-    model: str = Field("embeddings_als", description="Registry name of the embedding model to search.")
-
-
-class RuleChannelConfig(_Channel):
-    type: Literal["rule"] = "rule"
-
-
-class RealtimeChannelConfig(_Channel):
-    type: Literal["realtime"] = "realtime"
-    max_recent: int = Field(20, ge=1, description="Most recent actions used as seeds.")
-
-
-class PopularChannelConfig(_Channel):
-    type: Literal["popular"] = "popular"
-    list_name: str = Field("global:all@30d", description="Popularity list (scope:name@window) to serve; "
-                           "the country list of the user's country is preferred when it exists.")
-
-
-ChannelConfig = Annotated[
-    ItemToItemChannelConfig | ContentChannelConfig | EmbeddingChannelConfig | RuleChannelConfig
-    | RealtimeChannelConfig | PopularChannelConfig,
-    Field(discriminator="type"),
-]
-
-
-# Registry name of the model behind each `SceneConfig.ranker` value.
-RANKER_MODELS = {"xgboost": "ranker_xgboost", "tf": "ranker_tf"}
-
-
-class SceneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ranker: Literal["xgboost", "tf", "none"] = Field(
-        "xgboost", description="Which ranker orders this scene's candidates; `none` keeps the merge order.")
-    exclude_bought: bool = Field(False, description="Drop items the user already bought (discovery shelves).")
-
-
-def _default_channels() -> list[ChannelConfig]:
+def _default_channels() -> list[AnyChannelConfig]:
     # Quotas from the merge tuning of `finegrain evaluate all` on the validation cut-off (2010-10-11):
     # item-to-item and embeddings carry most of the target, content and popular add breadth; at 1,000
     # candidates the fill phase evens quotas out (merged Recall@1000 0.846 on the README split).
     return [
-        ItemToItemChannelConfig(quota=400, budget_ms=30),
-        RealtimeChannelConfig(quota=50, budget_ms=15),
-        RuleChannelConfig(quota=50, budget_ms=30),
-        EmbeddingChannelConfig(quota=300, budget_ms=30),
-        ContentChannelConfig(quota=100, budget_ms=20),
-        PopularChannelConfig(quota=100, budget_ms=10),
+        channel_config("item_to_item", quota=400, budget_ms=30),
+        channel_config("realtime", quota=50, budget_ms=15),
+        channel_config("rule", quota=50, budget_ms=30),
+        channel_config("embedding", quota=300, budget_ms=30),
+        channel_config("content", quota=100, budget_ms=20),
+        channel_config("popular", quota=100, budget_ms=10),
     ]
 
 
 class ServingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    channels: list[ChannelConfig] = Field(default_factory=_default_channels,
-                                          description="Recall channels, run in parallel per request.")
+    channels: list[AnyChannelConfig] = Field(default_factory=_default_channels,
+                                             description="Recall channels, run in parallel per request.")
     candidates: int = Field(1000, ge=1, le=5000, description="Size of the merged candidate set.")
     scenes: dict[str, SceneConfig] = Field(
         default_factory=lambda: {"home": SceneConfig(), "discovery": SceneConfig(exclude_bought=True),

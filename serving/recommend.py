@@ -30,10 +30,12 @@ from finegrain.storage.contract import Dataset, RedisKeys
 from finegrain.storage.lists import EMPTY_LIST, RankedList
 from finegrain.training.candidates import MOST_POPULAR_LIST, CandidateConfig, candidate_context
 from serving import metrics
-from serving.config import RANKER_MODELS, SceneConfig, ServingConfig
+from serving.channels.base import RecallChannel, Recalled, RecallRequest
+from serving.channels.item_to_item import RECENT_SCORES, history_scores
+from serving.channels.registry import build_channels
+from serving.config import ServingConfig
 from serving.ranking.base import Ranker
-from serving.recall import RecallChannel, Recalled, RecallRequest, build_channels
-from serving.recall.item_to_item import RECENT_SCORES, history_scores
+from serving.scenes import RANKER_MODELS, SceneConfig
 from serving.state import DataSnapshot, ModelSet
 
 log = logging.getLogger(__name__)

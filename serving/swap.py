@@ -42,8 +42,9 @@ from finegrain.storage.lists import RankedList
 from finegrain.storage.workers import worker_states as worker_states
 from models.registry import ModelRegistry, RegistryError
 from serving import metrics
-from serving.config import RANKER_MODELS, EmbeddingChannelConfig, ServingConfig
+from serving.config import ServingConfig
 from serving.ranking.loading import ModelLoadError, load_model
+from serving.scenes import RANKER_MODELS
 from serving.state import (
     SERVED_DATASETS,
     DataSnapshot,
@@ -63,9 +64,10 @@ LOAD_RETRY_SECONDS = 10.0
 
 
 def required_models(config: ServingConfig) -> list[str]:
-    """The registry names this configuration serves: the scenes' rankers and the embedding channel's."""
+    """The registry names this configuration serves: the scenes' rankers and the enabled channels' models
+    (the embedding channel's)."""
     names = {RANKER_MODELS[scene.ranker] for scene in config.scenes.values() if scene.ranker != "none"}
-    names |= {c.model for c in config.channels if isinstance(c, EmbeddingChannelConfig) and c.enabled}
+    names |= {name for c in config.channels if c.enabled for name in c.required_models()}
     return sorted(names)
 
 

@@ -20,8 +20,8 @@ each label window must end by the as-of date):
    window after c; descriptions dropped, they are what makes a line heavy and no per-user definition
    reads them), hash-partitions by (cut-off, user) and runs `mapInArrow`: per partition, the
    users' profiles (`finegrain.features.user.user_profiles`), their candidates, features and labels
-   (`finegrain.training.training_set.rows_for_users`, the serving feature code). Rows leave as Arrow batches in
-   the training-set schema, with each group's global index, and Spark writes them as Parquet.
+   (`finegrain.training.training_set.rows_for_users`, the serving feature code). Rows leave as Arrow
+   batches in the training-set schema, with each group's global index, and Spark writes them as Parquet.
 3. The driver reads the written set back through `read_training_set` (which checks every group is
    whole and the feature columns are right), writes the manifest and renames the staging folder into
    place: a reader sees the old set or the complete new one.

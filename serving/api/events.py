@@ -3,8 +3,7 @@
 Answers 202 `{"accepted": n, "event_ids": [...]}` once the broker has acknowledged every event; 400 naming
 the field (and listing every bad event in `error.details`) when anything is wrong with the batch, in which
 case nothing of it is accepted; 415 for another content type; 503 when the broker does not acknowledge in
-time. Mount with `app.add_route("/v1/events", EventsResource(EventIngest.from_settings(settings)))` and
-call `resource.close()` at worker exit.
+time. Mounted in `serving.app` over the worker's `EventIngest`, which the worker closes (flushes) at exit.
 """
 
 from __future__ import annotations
@@ -14,16 +13,10 @@ from typing import Protocol
 import falcon
 
 from serving.api.errors import ApiError, invalid, unavailable
-from serving.events import (
-    BATCHES,
-    JSON_MEDIA_TYPE,
-    MAX_BODY_BYTES,
-    PROTOBUF_MEDIA_TYPES,
-    BatchRejected,
-    BrokerUnavailable,
-    EventIngest,
-    oversized,
-)
+from serving.events.ingest import BATCHES, EventIngest
+from serving.events.parsing import JSON_MEDIA_TYPE, PROTOBUF_MEDIA_TYPES, BatchRejected, oversized
+from serving.events.producer import BrokerUnavailable
+from serving.events.schema import MAX_BODY_BYTES
 
 _READ_CHUNK = 64 * 1024
 

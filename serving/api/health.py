@@ -7,7 +7,7 @@ import os
 import falcon
 
 from serving import metrics
-from serving.config import RANKER_MODELS
+from serving.scenes import RANKER_MODELS
 from serving.swap import Runtime
 
 

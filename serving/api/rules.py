@@ -7,8 +7,8 @@
     DELETE /v1/rules/{name}                    204; 404 if unknown
     GET    /v1/rules/{name}/preview?user_id=   the rule's items for that user, with cache hit/miss per atom
 
-Mount with `add_rule_routes(app, store, engine)`, or add `RulesResource` and `RuleResource` (with the
-suffix "preview" for the preview route) yourself.
+The routes are mounted in `serving.app` (`add_rule_routes`): `RulesResource` and `RuleResource`, the
+latter also with the suffix "preview" for the preview route.
 """
 
 from __future__ import annotations
@@ -135,11 +135,3 @@ class RuleResource:
             "engine_hit_rate": round(self.engine.hit_rate(), 4),
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
         }
-
-
-def add_rule_routes(app: falcon.App[falcon.Request, falcon.Response], store: RuleStore, engine: RuleEngine,
-                    directory: IndexDirectory | None = None) -> None:
-    rule = RuleResource(store, engine, directory)
-    app.add_route("/v1/rules", RulesResource(store))
-    app.add_route("/v1/rules/{name}", rule)
-    app.add_route("/v1/rules/{name}/preview", rule, suffix="preview")

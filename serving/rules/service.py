@@ -1,19 +1,17 @@
-"""Rule-based recall inside a serving worker: the rule store (MongoDB + ZooKeeper watch), the engine
-on the request path's Redis client and the worker's in-memory dataset versions, and the API routes."""
+"""Rule-based recall inside a serving worker: the rule store (MongoDB + ZooKeeper watch) and the engine
+on the request path's Redis client and the worker's in-memory dataset versions. The rules API over the
+same store and engine is `serving.api.rules`, mounted in `serving.app`."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import falcon
 import numpy as np
 import redis
 
 from finegrain.schemas import UserProfile
 from finegrain.settings import Settings
 from finegrain.storage.contract import Dataset
-from serving.api.rules import add_rule_routes
 from serving.config import ServingConfig
 from serving.rules.engine import RuleEngine
 from serving.rules.store import RuleStore
@@ -51,9 +49,6 @@ class RuleService:
         except Exception as exc:  # MongoDB or ZooKeeper away: the store keeps retrying, rules come later
             log.warning("rules not loaded at start: %s", exc)
         self._warm()
-
-    def mount(self, app: falcon.App[Any, Any]) -> None:
-        add_rule_routes(app, self.store, self.engine)
 
     def close(self) -> None:
         self.store.close()

@@ -24,7 +24,10 @@ from finegrain.storage.clients import ensure_topics
 from finegrain.storage.contract import KafkaTopics
 from serving.api.errors import install_error_handlers
 from serving.api.events import EventsResource
-from serving.events import MAX_BODY_BYTES, MAX_EVENTS, SOURCE, EventIngest, EventProducer
+from serving.events.ingest import EventIngest
+from serving.events.parsing import SOURCE
+from serving.events.producer import EventProducer
+from serving.events.schema import MAX_BODY_BYTES, MAX_EVENTS
 from tests.integration.kafka_reader import TopicReader
 
 pytestmark = pytest.mark.integration

@@ -34,7 +34,7 @@ from finegrain.storage.contract import Dataset, MongoCollections, RedisKeys, ZkP
 from finegrain.storage.datasets import switch_dataset
 from finegrain.storage.lists import current_version, read_list
 from serving.api.errors import install_error_handlers
-from serving.api.rules import add_rule_routes
+from serving.app import add_rule_routes
 from serving.rules.definition import Atom, parse_rule
 from serving.rules.engine import NamedRule, RuleEngine, measure_hit_rate
 from serving.rules.store import RuleStore

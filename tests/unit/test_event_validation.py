@@ -13,15 +13,14 @@ import pytest
 
 from finegrain.schemas import BehaviorEvent, EventBatch, EventContext, EventType
 from serving.api.events import media_type, read_bounded
-from serving.events import (
-    MAX_BODY_BYTES,
+from serving.events.parsing import (
     MAX_DEAD_LETTER_PAYLOAD,
-    MAX_EVENTS,
     SOURCE,
     BatchRejected,
     parse_json_batch,
     parse_protobuf_batch,
 )
+from serving.events.schema import MAX_BODY_BYTES, MAX_EVENTS
 
 NOW_MS = int(datetime(2026, 11, 27, 12, 0, tzinfo=UTC).timestamp() * 1000)
 DEC_1_2010_MS = 1291191960000  # 2010-12-01T08:26:00Z, the first invoice of the data

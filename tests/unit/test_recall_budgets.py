@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import redis
 
-from serving.config import PopularChannelConfig, ServingConfig
-from serving.recall.base import RecallChannel, Recalled
+from serving.channels.base import RecallChannel, Recalled
+from serving.channels.popular import PopularChannelConfig
+from serving.config import ServingConfig
 from serving.recommend import Recommender, Trace
 
 

@@ -8,8 +8,8 @@ import pytest
 from finegrain.features.ranking import RECENT_ITEM_TO_ITEM
 from finegrain.recall.item_to_item import ItemToItemConfig, NeighbourMatrix, score_history
 from finegrain.schemas import PurchaseHistory
-from serving.recall.base import top_k
-from serving.recall.item_to_item import history_scores, scores_with_recent
+from serving.channels.base import top_k
+from serving.channels.item_to_item import history_scores, scores_with_recent
 
 
 def _world(seed: int, n_items: int = 60, history_size: int = 12) -> tuple[NeighbourMatrix, PurchaseHistory]:

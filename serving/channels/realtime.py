@@ -4,11 +4,13 @@ Empty until the sidecar writes profiles."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from finegrain.schemas import EventType
-from serving.config import RealtimeChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest, top_k
+from serving.channels.base import ChannelConfig, RecallChannel, Recalled, RecallRequest, top_k
 
 # A purchase says less about the next purchase than a cart add: the item is bought already.
 ACTION_WEIGHT = {EventType.VIEW: 1.0, EventType.CLICK: 1.5, EventType.ADD_TO_CART: 3.0,
@@ -16,8 +18,16 @@ ACTION_WEIGHT = {EventType.VIEW: 1.0, EventType.CLICK: 1.5, EventType.ADD_TO_CAR
 RECENCY_HALF_LIFE = 5.0  # actions: the 5th most recent counts half as much as the latest
 
 
+class RealtimeChannelConfig(ChannelConfig):
+    """Real-time recall: how many of the user's latest actions seed it."""
+
+    type: Literal["realtime"] = "realtime"
+    max_recent: int = Field(20, ge=1, description="Most recent actions used as seeds.")
+
+
 class RealtimeChannel(RecallChannel):
     name = "realtime"
+    config_class = RealtimeChannelConfig
     config: RealtimeChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:

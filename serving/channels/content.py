@@ -3,15 +3,23 @@ snapshot's inverted indexes (the scoring is finegrain.recall.content's, shared w
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from finegrain.recall import content
-from serving.config import ContentChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
+from serving.channels.base import ChannelConfig, RecallChannel, Recalled, RecallRequest
+
+
+class ContentChannelConfig(ChannelConfig):
+    """Content recall: no settings beyond quota and budget (the index is the published content index)."""
+
+    type: Literal["content"] = "content"
 
 
 class ContentChannel(RecallChannel):
     name = "content"
+    config_class = ContentChannelConfig
     config: ContentChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:

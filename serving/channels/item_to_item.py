@@ -7,13 +7,15 @@ slice the matrix a second time."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from finegrain.features.ranking import RECENT_ITEM_TO_ITEM
 from finegrain.recall.item_to_item import ItemToItemConfig, NeighbourMatrix, seed_weights, seeds
 from finegrain.schemas import PurchaseHistory
-from serving.config import ItemToItemChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest, top_k
+from serving.channels.base import ChannelConfig, RecallChannel, Recalled, RecallRequest, top_k
 
 RECENT_SCORES = "recent_scores"  # Recalled.extra: the recent score of every item of the cosine matrix
 
@@ -74,8 +76,17 @@ def scores_with_recent(history: PurchaseHistory, neighbours: NeighbourMatrix, to
     return main, recent
 
 
+class ItemToItemChannelConfig(ChannelConfig):
+    """Item-to-item recall: which neighbour lists to read."""
+
+    type: Literal["item_to_item"] = "item_to_item"
+    algorithm: Literal["cosine", "swing"] = Field(
+        "cosine", description="Neighbour lists to read; the ranker was trained on cosine-based scores.")
+
+
 class ItemToItemChannel(RecallChannel):
     name = "item_to_item"
+    config_class = ItemToItemChannelConfig
     config: ItemToItemChannelConfig
 
     def __init__(self, config: ItemToItemChannelConfig, item_to_item: ItemToItemConfig | None = None) -> None:

@@ -4,16 +4,27 @@ the whole candidate count) it tops every request up to about 1,000 candidates.""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from serving.config import PopularChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
+from serving.channels.base import ChannelConfig, RecallChannel, Recalled, RecallRequest
+
+
+class PopularChannelConfig(ChannelConfig):
+    """Popular recall: which popularity list is the global fallback (its window is the country lists')."""
+
+    type: Literal["popular"] = "popular"
+    list_name: str = Field("global:all@30d", description="Popularity list (scope:name@window) to serve; "
+                           "the country list of the user's country is preferred when it exists.")
 
 
 class PopularChannel(RecallChannel):
     name = "popular"
     filler = True
+    config_class = PopularChannelConfig
     config: PopularChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:

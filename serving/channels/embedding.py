@@ -3,15 +3,28 @@ published embedding model's ANN index (finegrain.recall.embedding)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from finegrain.recall.embedding import EmbeddingIndex
-from serving.config import EmbeddingChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
+from serving.channels.base import ChannelConfig, RecallChannel, Recalled, RecallRequest
+
+
+class EmbeddingChannelConfig(ChannelConfig):
+    """Embedding recall: which published embedding model to search."""
+
+    type: Literal["embedding"] = "embedding"
+    model: str = Field("embeddings_als", description="Registry name of the embedding model to search.")
+
+    def required_models(self) -> set[str]:
+        return {self.model}
 
 
 class EmbeddingChannel(RecallChannel):
     name = "embedding"
+    config_class = EmbeddingChannelConfig
     config: EmbeddingChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:

@@ -3,16 +3,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
-from serving.config import RuleChannelConfig
-from serving.recall.base import RecallChannel, Recalled, RecallRequest
+from serving.channels.base import ChannelConfig, RecallChannel, Recalled, RecallRequest
+
+
+class RuleChannelConfig(ChannelConfig):
+    """Rule recall: no settings beyond quota and budget (the rules are managed through /v1/rules)."""
+
+    type: Literal["rule"] = "rule"
 
 
 class RuleChannel(RecallChannel):
     name = "rule"
     # One pipelined read of the shared atom cache (a thread hop costs more under load); the request
     # path's Redis client times out at `redis_timeout_ms`, which bounds a slow Redis.
+    config_class = RuleChannelConfig
     config: RuleChannelConfig
 
     def recall(self, request: RecallRequest, k: int) -> Recalled:

@@ -1,4 +1,9 @@
-"""The recall channel interface: given one request's context, return scored candidates, best first.
+"""The recall channel interface: given one request's context, return scored candidates, best first;
+and `ChannelConfig`, the settings every channel has (quota, time budget, on/off).
+
+Each channel is one module of this package holding its config (a `ChannelConfig` subclass whose
+`type: Literal[...]` names the channel in the serving configuration) and its `RecallChannel`
+implementation; `serving.channels.registry` maps each type to its implementation.
 
 A channel reads only the worker's in-memory snapshot and what the request already fetched (the
 user's profile and real-time profile), except the rule channel, which reads its shared atom cache in
@@ -14,10 +19,28 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from finegrain.schemas import RealtimeProfile, UserProfile
-from serving.config import SceneConfig
+from serving.scenes import SceneConfig
 from serving.state import DataSnapshot, ModelSet
+
+
+class ChannelConfig(BaseModel):
+    """One entry of the configuration's `channels` list; a channel module subclasses it with its own
+    `type` literal and fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(description="Which channel this entry configures (its module in serving.channels).")
+    quota: int = Field(200, ge=0, le=2000, description="Most candidates this channel may place in the merge.")
+    budget_ms: float = Field(20.0, gt=0, description="Time budget; a channel still running after it is "
+                             "dropped from this request, which is flagged as degraded.")
+    enabled: bool = Field(True, description="Off: the channel is not run at all.")
+
+    def required_models(self) -> set[str]:
+        """Registry names of the models the channel reads, which the worker loads and hot-swaps."""
+        return set()
 
 
 @dataclass(frozen=True)
@@ -53,9 +76,11 @@ class Recalled:
 
 
 class RecallChannel(ABC):
-    """One source of candidates. `name` is its type in the configuration and its tag in responses."""
+    """One source of candidates. `name` is its type in the configuration and its tag in responses;
+    `config_class` is the config it is built from (`type` of that class is `name`)."""
 
     name: ClassVar[str]
+    config_class: ClassVar[type[ChannelConfig]]
     # In-memory channels are a millisecond of NumPy: they run in the request's thread (a thread hop
     # costs more than that under load) and their budget is checked when they return. Channels that
     # wait on I/O set this False and run on the worker's pool under a hard timeout.
@@ -64,7 +89,7 @@ class RecallChannel(ABC):
     # candidates up to the configured size when the other channels overlap.
     filler: ClassVar[bool] = False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: ChannelConfig) -> None:
         self.config = config
 
     @property
