@@ -52,7 +52,6 @@ from finegrain.evaluation.report import (
     summary_rows,
 )
 from finegrain.evaluation.report import write_report as write_full_report
-from finegrain.jobs import RESULT_COLUMNS, JobError, JobResult, load_job, result_row, run_jobs
 from finegrain.recall.content import ContentConfig, RedisPostings, wanted_postings
 from finegrain.recall.content import recommend as recommend_content
 from finegrain.recall.item_to_item import (
@@ -68,6 +67,8 @@ from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset, RedisKeys
 from finegrain.storage.lists import read_list
 from finegrain.storage.redis_versions import RedisVersions
+from spark_jobs.base import JobError, JobResult
+from spark_jobs.runner import RESULT_COLUMNS, load_job, result_row, run_jobs
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -15,10 +15,10 @@ from pyspark.sql import SparkSession
 from finegrain.evaluation.protocol import load_events
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from finegrain.jobs import JobError
 from finegrain.settings import Settings
 from models.training_set import TrainingSet, build_cutoff, midnight_ms
 from models.training_set_io import read_manifest, read_training_set
+from spark_jobs.base import JobError
 from spark_jobs.training_set import TrainingSetBuild, TrainingSetRequest, build_training_set_spark, main
 
 pytestmark = pytest.mark.integration
