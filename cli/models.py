@@ -16,7 +16,9 @@ import typer
 from rich.table import Table
 
 from finegrain.console import console, fail, print_json_line, summary_table
+from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError
+from finegrain.evaluation.protocol import SPLIT_DATE
 from finegrain.settings import get_settings
 from finegrain.storage.workers import rollout, worker_states
 from models.publishing import DEFAULT_TOLERANCE, ModelPublisher, ModelStatus, PublishResult
@@ -297,12 +299,23 @@ def train_embeddings_command(
     events: Annotated[Path | None, typer.Option(
         "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
         show_default=False)] = None,
+    as_of: Annotated[str, typer.Option(
+        "--as-of", help="Split date (YYYY-MM-DD): train before it, evaluate on the 30 days after.")
+    ] = SPLIT_DATE.isoformat(),
+    factors: Annotated[int | None, typer.Option(
+        "--factors", help="ALS factors (default: models.embeddings.AlsConfig's).",
+        show_default=False)] = None,
+    iterations: Annotated[int | None, typer.Option(
+        "--iterations", help="ALS iterations (default: models.embeddings.AlsConfig's).",
+        show_default=False)] = None,
     publish: Annotated[bool, typer.Option(
         "--publish/--no-publish", help="Publish the run to ZooKeeper if it passes its gate.")] = True,
     json: JsonOption = False,
 ) -> None:
     """Train the ALS embeddings + ANN index, evaluate the channel on the README protocol, register it,
     publish it if it passes its gate (recall@200)."""
+    # Imported here: faiss and the training code are for this command only, not every `finegrain` start.
+    from models.embeddings import AlsConfig
     from models.train_embeddings import train_register_publish
 
     settings = get_settings()
@@ -310,7 +323,12 @@ def train_embeddings_command(
     if not events_path.exists():
         raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
     try:
-        run = train_register_publish(settings, events_path, publish=publish, say=_say)
+        split = parse_as_of(as_of)
+        # Only what was given overrides AlsConfig, so its defaults stay defined in one place.
+        sizes = {name: value for name, value in (("factors", factors), ("iterations", iterations))
+                 if value is not None}
+        run = train_register_publish(settings, events_path, config=AlsConfig(**sizes), as_of=split,
+                                     publish=publish, say=_say)
     except (FinegrainError, ValueError) as exc:
         raise fail(str(exc)) from None
     _report_run(run, json)
