@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -325,9 +326,10 @@ def train_embeddings_command(
     try:
         split = parse_as_of(as_of)
         # Only what was given overrides AlsConfig, so its defaults stay defined in one place.
-        sizes = {name: value for name, value in (("factors", factors), ("iterations", iterations))
-                 if value is not None}
-        run = train_register_publish(settings, events_path, config=AlsConfig(**sizes), as_of=split,
+        defaults = AlsConfig()
+        config = replace(defaults, factors=defaults.factors if factors is None else factors,
+                         iterations=defaults.iterations if iterations is None else iterations)
+        run = train_register_publish(settings, events_path, config=config, as_of=split,
                                      publish=publish, say=_say)
     except (FinegrainError, ValueError) as exc:
         raise fail(str(exc)) from None
