@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from finegrain.console import console, print_json_line, summary_table
+from finegrain.data.layout import EVENTS_FILE
 from finegrain.settings import get_settings
 
 BENCH_ENV = {
@@ -98,7 +99,7 @@ def timed_build(events: Path, as_of: str) -> dict[str, Any]:
 def ensure_synthetic(scale: int) -> Path:
     settings = get_settings()
     folder = settings.data_dir / f"synthetic-x{scale}"
-    if not (folder / "events.parquet").exists():
+    if not (folder / EVENTS_FILE).exists():
         with console.status(f"generating {scale}x synthetic data ..."):
             subprocess.run(
                 [
@@ -115,7 +116,7 @@ def ensure_synthetic(scale: int) -> Path:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-    return folder / "events.parquet"
+    return folder / EVENTS_FILE
 
 
 def main(

@@ -11,13 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.options import JsonOption
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.errors import FinegrainError
 from finegrain.settings import Settings, get_settings
 
 app = typer.Typer(help="Start, stop and inspect the recommendation API (gunicorn + Falcon).")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Also print the status as one JSON line.")]
 
 
 def _pid_file(settings: Settings) -> Path:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from pymongo.errors import PyMongoError
 
+from cli.options import JsonOption
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.data.retail import (
     LoadReport,
@@ -28,9 +29,6 @@ app = typer.Typer(
     help="Load the Online Retail II data into Parquet (events, catalogue, report), or scale it up."
 )
 
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Also print the figures as one JSON object on the last line.")
-]
 OutOption = Annotated[
     Path | None,
     typer.Option(

@@ -17,13 +17,13 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.options import EventsOption, JsonOption
 from finegrain.console import console, fail, print_json_line, step, summary_table
 from finegrain.dates import parse_as_of
 from finegrain.errors import DataError, FinegrainError
 from finegrain.evaluation.protocol import REFERENCE_NOTE, SPLIT_DATE
 from finegrain.evaluation.report import CURVE_KS, RANKER_METRICS, FullEvaluation, fmt, label, summary_rows
 from finegrain.evaluation.report import write_report as write_full_report
-from finegrain.jobs import RESULT_COLUMNS, JobResult, result_row
 from finegrain.settings import Settings, get_settings
 from finegrain.storage.contract import Dataset
 from models.evaluate_all import RANKERS, check_options, evaluate_all, parse_quotas, tf_ranker_available
@@ -36,7 +36,9 @@ from models.evaluate_channels import (
     table_rows,
     write_report,
 )
+from spark_jobs.base import JobResult
 from spark_jobs.ensure import DATASET_JOBS, RECALL_DATASET_JOBS, ensure_datasets
+from spark_jobs.runner import RESULT_COLUMNS, result_row
 
 app = typer.Typer(help="Offline evaluation of the recall channels on the data set README's protocol.")
 
@@ -81,14 +83,9 @@ def _write(writer: Callable[[Any, Path], dict[str, Path]], evaluation: Any, fold
 
 
 DEFAULT_AS_OF = SPLIT_DATE.isoformat()
-JsonOption = Annotated[bool, typer.Option("--json", help="Also print the figures as one JSON object on the "
-                                          "last line.")]
 AsOfOption = Annotated[str, typer.Option(
     "--as-of", help="Split date (YYYY-MM-DD): train before it, test the 30 days from it; the datasets "
     "evaluated are built as of it.")]
-EventsOption = Annotated[Path | None, typer.Option(
-    "--events", help="Canonical events Parquet (default: the loaded data, Settings.events_path).",
-    show_default=False)]
 ReplaceNewerOption = Annotated[bool, typer.Option(
     "--replace-newer", help="Allow rebuilding datasets whose current version is built as of a later date "
     "(what serving reads); without it the command refuses and suggests a namespace of its own.")]

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cli.options import EventsOption
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError
-from finegrain.jobs import RESULT_COLUMNS, load_job, registry, result_row, run_jobs
 from finegrain.settings import get_settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset
 from finegrain.storage.datasets import rollback_dataset
 from finegrain.storage.redis_versions import RedisVersions
+from spark_jobs import JOBS
+from spark_jobs.runner import RESULT_COLUMNS, load_job, result_row, run_jobs
 
 app = typer.Typer(help="Offline batch jobs (Spark) and the versions of what they built.")
 
@@ -24,7 +25,7 @@ app = typer.Typer(help="Offline batch jobs (Spark) and the versions of what they
 @app.command("list")
 def list_jobs() -> None:
     """List the jobs, in the order `jobs run` runs them."""
-    rows = [(name, target) for name, target in registry().items()]
+    rows = [(name, target) for name, target in JOBS.items()]
     console.print(summary_table("Offline jobs", rows, ["name", "module:class"]))
 
 
@@ -37,24 +38,21 @@ def run(
         str,
         typer.Option("--as-of", help="Logical date of the run (YYYY-MM-DD); only data before it is read."),
     ] = "",
-    events: Annotated[
-        Path | None,
-        typer.Option("--events", help="Canonical events Parquet (default: var/data/retail/events.parquet)."),
-    ] = None,
+    events: EventsOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results as one JSON line at the end.")
     ] = False,
 ) -> None:
     """Run jobs in one Spark session; each writes a new version and switches to it when complete."""
-    unknown = sorted(set(names or ()) - set(registry()))
+    unknown = sorted(set(names or ()) - set(JOBS))
     if unknown:
-        raise fail(f"unknown job {', '.join(unknown)}; choose from {', '.join(registry())}")
+        raise fail(f"unknown job {', '.join(unknown)}; choose from {', '.join(JOBS)}")
     if not as_of:
         raise fail("--as-of is required (YYYY-MM-DD): the jobs read only data before it")
     started = time.perf_counter()
     try:
         date = parse_as_of(as_of)
-        jobs = [load_job(name) for name in (names or list(registry()))]
+        jobs = [load_job(name) for name in (names or list(JOBS))]
         results = run_jobs(jobs, date, events)
     except FinegrainError as exc:
         raise fail(str(exc)) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,8 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from cli.options import EventsOption, JsonOption
 from finegrain.console import console, fail, print_json_line, summary_table
+from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError
+from finegrain.evaluation.protocol import SPLIT_DATE
 from finegrain.settings import get_settings
 from finegrain.storage.workers import rollout, worker_states
 from models.publishing import DEFAULT_TOLERANCE, ModelPublisher, ModelStatus, PublishResult
@@ -31,8 +35,6 @@ app = typer.Typer(help="Model versions: list, show, publish behind the quality g
 
 REFUSED = 1
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Also print the result as one JSON object on the "
-                                          "last line.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Skip the quality gate and the pin (the "
                                            "artifact's checksum is still verified).")]
 
@@ -222,9 +224,7 @@ def train_ranker_command(
     kind: Annotated[str, typer.Option(
         "--kind", help="xgboost (model ranker_xgboost) or tf (ranker_tf: the TensorFlow deep ranker, "
         "registered as its SavedModel folder).")] = "xgboost",
-    events: Annotated[Path | None, typer.Option(
-        "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
-        show_default=False)] = None,
+    events: EventsOption = None,
     rounds: Annotated[int | None, typer.Option(
         "--rounds", min=1, help="XGBoost: boosting rounds (default: the ranker's tuned setting).",
         show_default=False)] = None,
@@ -255,7 +255,7 @@ def train_ranker_command(
     if kind == "xgboost" and epochs is not None:
         raise fail("--epochs is a TF setting (XGBoost takes --rounds)")
     settings = get_settings()
-    events_path = events if events is not None else settings.data_dir / "retail" / "events.parquet"
+    events_path = events if events is not None else settings.events_path
     if not events_path.exists():
         raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
     if objective is not None and objective not in ("binary:logistic", "rank:ndcg", "rank:pairwise"):
@@ -294,8 +294,15 @@ def _report_run(run: RankerRun | EmbeddingRun, as_json: bool) -> None:
 
 @app.command("train-embeddings")
 def train_embeddings_command(
-    events: Annotated[Path | None, typer.Option(
-        "--events", help="Canonical events Parquet (default: <data dir>/retail/events.parquet).",
+    events: EventsOption = None,
+    as_of: Annotated[str, typer.Option(
+        "--as-of", help="Split date (YYYY-MM-DD): train before it, evaluate on the 30 days after.")
+    ] = SPLIT_DATE.isoformat(),
+    factors: Annotated[int | None, typer.Option(
+        "--factors", help="ALS factors (default: models.embeddings.AlsConfig's).",
+        show_default=False)] = None,
+    iterations: Annotated[int | None, typer.Option(
+        "--iterations", help="ALS iterations (default: models.embeddings.AlsConfig's).",
         show_default=False)] = None,
     publish: Annotated[bool, typer.Option(
         "--publish/--no-publish", help="Publish the run to ZooKeeper if it passes its gate.")] = True,
@@ -303,14 +310,22 @@ def train_embeddings_command(
 ) -> None:
     """Train the ALS embeddings + ANN index, evaluate the channel on the README protocol, register it,
     publish it if it passes its gate (recall@200)."""
+    # Imported here: faiss and the training code are for this command only, not every `finegrain` start.
+    from models.embeddings import AlsConfig
     from models.train_embeddings import train_register_publish
 
     settings = get_settings()
-    events_path = events if events is not None else settings.data_dir / "retail" / "events.parquet"
+    events_path = events if events is not None else settings.events_path
     if not events_path.exists():
         raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
     try:
-        run = train_register_publish(settings, events_path, publish=publish, say=_say)
+        split = parse_as_of(as_of)
+        # Only what was given overrides AlsConfig, so its defaults stay defined in one place.
+        defaults = AlsConfig()
+        config = replace(defaults, factors=defaults.factors if factors is None else factors,
+                         iterations=defaults.iterations if iterations is None else iterations)
+        run = train_register_publish(settings, events_path, config=config, as_of=split,
+                                     publish=publish, say=_say)
     except (FinegrainError, ValueError) as exc:
         raise fail(str(exc)) from None
     _report_run(run, json)

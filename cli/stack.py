@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cli.options import JsonOption
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.errors import StackError
 from finegrain.settings import get_settings
@@ -19,9 +20,6 @@ OnlyOption = Annotated[
         "--only",
         help=f"Act on this service only (repeatable): {', '.join(SERVICE_NAMES)}. Default: all of them.",
     ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Also print the statuses as one JSON line at the end.")
 ]
 
 

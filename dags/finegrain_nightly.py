@@ -3,33 +3,28 @@
 Orchestration only: each task runs a `finegrain` command or submits a job module of `spark_jobs/`
 with spark-submit; no logic lives here, and importing this file needs nothing beyond Airflow.
 
-Deployment settings (environment of the Airflow workers):
-- `FINEGRAIN_HOME`: the project checkout (default: the parent of this folder);
-- `FINEGRAIN_DATA_DIR`: where the loaded data goes (default: `var/data/retail` in the checkout);
-- `FINEGRAIN_SPARK_SUBMIT`: the spark-submit binary (default: `spark-submit` beside the Python running
-  Airflow, i.e. the project's venv);
-- Airflow connection `finegrain_spark`: the Spark master, e.g.
-  `AIRFLOW_CONN_FINEGRAIN_SPARK='{"conn_type": "spark", "host": "local[*]"}'` or a cluster URL;
-- every `FINEGRAIN_*` store address, passed through to the jobs.
+Deployment settings (FINEGRAIN_HOME, FINEGRAIN_PYTHON, FINEGRAIN_DATA_DIR, FINEGRAIN_SPARK_SUBMIT, the
+`finegrain_spark` connection) and the task builders are in `finegrain_deployment.py`, shared with the
+retrain DAG.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-FINEGRAIN_HOME = Path(os.environ.get("FINEGRAIN_HOME", Path(__file__).resolve().parent.parent))
-PYTHON = os.environ.get("FINEGRAIN_PYTHON", sys.executable)
-DATA_DIR = os.environ.get("FINEGRAIN_DATA_DIR", str(FINEGRAIN_HOME / "var" / "data" / "retail"))
-SPARK_SUBMIT = os.environ.get("FINEGRAIN_SPARK_SUBMIT", str(Path(PYTHON).parent / "spark-submit"))
-# The jobs of spark_jobs.JOBS, submitted together: they then share one Spark session (a session costs
-# about 10 s to start and ~400 MB), and each is idempotent, so a retry reruns all of them safely.
+# Airflow puts the DAG folder on sys.path; a DAG file loaded by path (tests, tools) needs it too.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from finegrain_deployment import DATA_DIR, EVENTS, finegrain_command, spark_submit
+
+# The jobs of spark_jobs.JOBS (a test checks they are the same), submitted together: they then share
+# one Spark session (a session costs about 10 s to start and ~400 MB), and each is idempotent, so a
+# retry reruns all of them safely.
 OFFLINE_JOBS = ("features", "content_index", "item_similarity", "popularity")
 
 with DAG(
@@ -55,26 +50,15 @@ with DAG(
     },
     tags=["finegrain", "offline"],
 ) as dag:
-    load = BashOperator(
-        task_id="load_data",
-        bash_command=(
-            f"'{PYTHON}' -m cli data load --out '{DATA_DIR}'"
-            "{% if params.source_csv %} --source '{{ params.source_csv }}'{% endif %}"
-        ),
-        cwd=str(FINEGRAIN_HOME),
+    load = finegrain_command(
+        "load_data",
+        # ${VAR:+...}: --source only when the param is set; quoted, a value stays one word.
+        'data load --out "$RUN_DATA_DIR" ${RUN_SOURCE_CSV:+--source "$RUN_SOURCE_CSV"}',
+        env={"RUN_DATA_DIR": DATA_DIR, "RUN_SOURCE_CSV": "{{ params.source_csv }}"},
     )
-    as_of = "{{ params.as_of or ds }}"
-    events = "{{ params.events or '" + DATA_DIR + "/events.parquet' }}"
-    load >> SparkSubmitOperator(
-        task_id="offline_build",
-        conn_id="finegrain_spark",
-        spark_binary=SPARK_SUBMIT,
-        application=str(FINEGRAIN_HOME / "spark_jobs" / "submit.py"),
-        application_args=[*OFFLINE_JOBS, "--as-of", as_of, "--events", events],
+    load >> spark_submit(
+        "offline_build",
+        "spark_jobs/submit.py",
+        [*OFFLINE_JOBS, "--as-of", "{{ params.as_of or ds }}", "--events", EVENTS],
         name="finegrain-offline-build",
-        env_vars={
-            "PYSPARK_PYTHON": PYTHON,
-            "PYSPARK_DRIVER_PYTHON": PYTHON,
-            "PYTHONPATH": str(FINEGRAIN_HOME),
-        },
     )

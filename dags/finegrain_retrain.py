@@ -4,8 +4,8 @@ Triggered by hand (no schedule) with the params `model` and `as_of`:
 - `ranker_xgboost` / `ranker_tf`: `build_training_set` submits `spark_jobs/training_set.py` (the ranker
   training set for the cut-offs before `as_of`) to Spark, then `train_ranker` runs
   `finegrain models train-ranker --kind xgboost|tf --training-set <that set>`;
-- `embeddings_als`: `train_embeddings` runs `python -m models.train_embeddings` (ALS reads the purchase
-  history itself; it needs no training set, so the Spark build is skipped).
+- `embeddings_als`: `train_embeddings` runs `finegrain models train-embeddings --as-of <as_of>` (ALS
+  reads the purchase history itself; it needs no training set, so the Spark build is skipped).
 `choose_model` picks the branch; the other branch's tasks end up skipped.
 
 The training set travels by path, not XCom: its folder is a function of the run
@@ -14,29 +14,27 @@ The training set travels by path, not XCom: its folder is a function of the run
 version stays registered (and listed by `finegrain models list`) but is not published; training tasks
 are not retried, since a rerun would only register another version.
 
-Orchestration only: no project module is imported here (see `finegrain_nightly.py` for the
-deployment settings: FINEGRAIN_HOME, FINEGRAIN_PYTHON, FINEGRAIN_SPARK_SUBMIT, the `finegrain_spark`
-connection); `FINEGRAIN_VAR_DIR` says where training sets go (default: `var` in the checkout).
+Orchestration only: no project module is imported here. The deployment settings (FINEGRAIN_HOME,
+FINEGRAIN_PYTHON, FINEGRAIN_SPARK_SUBMIT, FINEGRAIN_VAR_DIR for the training sets, the
+`finegrain_spark` connection) and the task builders are in `finegrain_deployment.py`, shared with the
+nightly DAG. Params reach the commands as environment variables, never pasted into a shell line.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator
 from airflow.sdk import DAG, Param
 
-FINEGRAIN_HOME = Path(os.environ.get("FINEGRAIN_HOME", Path(__file__).resolve().parent.parent))
-PYTHON = os.environ.get("FINEGRAIN_PYTHON", sys.executable)
-DATA_DIR = os.environ.get("FINEGRAIN_DATA_DIR", str(FINEGRAIN_HOME / "var" / "data" / "retail"))
-VAR_DIR = os.environ.get("FINEGRAIN_VAR_DIR", str(FINEGRAIN_HOME / "var"))
-SPARK_SUBMIT = os.environ.get("FINEGRAIN_SPARK_SUBMIT", str(Path(PYTHON).parent / "spark-submit"))
+# Airflow puts the DAG folder on sys.path; a DAG file loaded by path (tests, tools) needs it too.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from finegrain_deployment import EVENTS, VAR_DIR, finegrain_command, spark_submit
 
 RANKERS = {"ranker_xgboost": "xgboost", "ranker_tf": "tf"}
 MODELS = (*RANKERS, "embeddings_als")
@@ -45,7 +43,6 @@ MODELS = (*RANKERS, "embeddings_als")
 DEFAULT_AS_OF = "2010-11-10"
 
 AS_OF = "{{ params.as_of }}"
-EVENTS = "{{ params.events or '" + DATA_DIR + "/events.parquet' }}"
 # Run ids hold ':' and '+' (manual__2026-11-27T10:00:00+00:00): fine in a path, awkward in a shell.
 TRAINING_SET = (VAR_DIR + "/training_sets/retrain/{{ params.as_of }}-"
                 "{{ run_id | replace(':', '') | replace('+', '_') }}")
@@ -78,32 +75,26 @@ with DAG(
     tags=["finegrain", "models"],
 ) as dag:
     choose = BranchPythonOperator(task_id="choose_model", python_callable=choose_model)
-    build = SparkSubmitOperator(
-        task_id="build_training_set",
-        conn_id="finegrain_spark",
-        spark_binary=SPARK_SUBMIT,
-        application=str(FINEGRAIN_HOME / "spark_jobs" / "training_set.py"),
-        application_args=["--as-of", AS_OF, "--events", EVENTS, "--out", TRAINING_SET],
+    build = spark_submit(
+        "build_training_set",
+        "spark_jobs/training_set.py",
+        ["--as-of", AS_OF, "--events", EVENTS, "--out", TRAINING_SET],
         name="finegrain-training-set",
-        env_vars={"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON,
-                  "PYTHONPATH": str(FINEGRAIN_HOME)},
         retries=1,  # idempotent: the set is written to a staging folder and renamed into place
         retry_delay=pendulum.duration(minutes=2),
     )
-    train_ranker = BashOperator(
-        task_id="train_ranker",
-        bash_command=(
-            f"'{PYTHON}' -m cli models train-ranker"
-            " --kind {{ 'tf' if params.model == 'ranker_tf' else 'xgboost' }}"
-            f" --training-set '{TRAINING_SET}' --events '{EVENTS}' --json"
-        ),
-        cwd=str(FINEGRAIN_HOME),
+    train_ranker = finegrain_command(
+        "train_ranker",
+        'models train-ranker --kind "$RUN_KIND" --training-set "$RUN_TRAINING_SET" --events "$RUN_EVENTS" '
+        "--json",
+        env={"RUN_KIND": "{{ 'tf' if params.model == 'ranker_tf' else 'xgboost' }}",
+             "RUN_TRAINING_SET": TRAINING_SET, "RUN_EVENTS": EVENTS},
         retries=0,
     )
-    train_embeddings = BashOperator(
-        task_id="train_embeddings",
-        bash_command=f"'{PYTHON}' -m models.train_embeddings --events '{EVENTS}' --as-of '{AS_OF}' --json",
-        cwd=str(FINEGRAIN_HOME),
+    train_embeddings = finegrain_command(
+        "train_embeddings",
+        'models train-embeddings --events "$RUN_EVENTS" --as-of "$RUN_AS_OF" --json',
+        env={"RUN_EVENTS": EVENTS, "RUN_AS_OF": AS_OF},
         retries=0,
     )
     choose >> [build, train_embeddings]

@@ -1,6 +1,6 @@
 """Train the rankers (XGBoost, TensorFlow) and evaluate them on the data set README's protocol.
 
-    python -m models.evaluate_rankers [--ranker xgboost|tf|all] [--events var/data/retail/events.parquet]
+    python -m models.evaluate_rankers [--ranker xgboost|tf|all] [--events PATH]
         [--out var/reports/ranker] [--training-set PATH] [--tf-validate]
 
 Steps (every date a midnight UTC):

@@ -3,30 +3,30 @@ train events, evaluate the channel alone on its test window (`models.embeddings.
 store the `EmbeddingIndex` bytes and a manifest in the registry, then publish it to ZooKeeper if it
 passes its gate (the run stays registered either way).
 
-    python -m models.train_embeddings [--events P] [--factors N] [--iterations N] [--no-publish] [--json]
+    finegrain models train-embeddings [--events P] [--as-of D] [--factors N] [--iterations N]
+                                      [--no-publish] [--json]
+
+is the one way to run it from a shell (`cli/models.py`; the retrain DAG runs it too): exit status 1
+when the gate refuses the run, 2 when the run cannot be made, 0 otherwise.
 
 The gate metric is `recall@200`: a recall channel hands its candidates to the ranker, so what counts is
-how much of the target its top 200 hold, not their order (the ranker reorders them). The exit status
-is 1 when the gate refuses the run, 2 when the run cannot be made, 0 otherwise.
+how much of the target its top 200 hold, not their order (the ranker reorders them).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from finegrain.errors import DataError, FinegrainError
+from finegrain.errors import DataError
 from finegrain.evaluation.protocol import SPLIT_DATE, build_split, load_events
 from finegrain.recall.embedding import EmbeddingIndex
 from finegrain.schemas import DataSnapshot, ModelManifest
-from finegrain.settings import Settings, get_settings
+from finegrain.settings import Settings
 from models.embeddings import AlsConfig, evaluate_channel, manifest_fields, train_embeddings
 from models.publishing import ModelPublisher, PublishResult, run_summary
 from models.registry import ModelRegistry, file_sha256
@@ -106,45 +106,3 @@ def train_register_publish(
         with ModelPublisher(settings) as publisher:
             result = publisher.publish(MODEL_NAME, manifest.version)
     return EmbeddingRun(manifest, trained.model, figures, result, time.perf_counter() - started)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.train_embeddings",
-        description="Train the ALS embeddings, evaluate them on the README protocol, register them and "
-                    "publish them if they pass their recall@200 gate.")
-    parser.add_argument("--events", type=Path, default=None,
-                        help="Canonical events Parquet (default: <data dir>/retail/events.parquet).")
-    parser.add_argument("--as-of", default=SPLIT_DATE.isoformat(),
-                        help="Split date: train before it, evaluate on the 30 days after.")
-    defaults = AlsConfig()
-    parser.add_argument("--factors", type=int, default=defaults.factors)
-    parser.add_argument("--iterations", type=int, default=defaults.iterations)
-    parser.add_argument("--no-publish", action="store_true", help="Register only.")
-    parser.add_argument("--json", action="store_true", help="End with the run's summary as one JSON line.")
-    args = parser.parse_args(argv)
-    settings = get_settings()
-    events_path = args.events or settings.data_dir / "retail" / "events.parquet"
-    try:
-        as_of = date.fromisoformat(args.as_of)
-    except ValueError:
-        print(f"error: bad --as-of {args.as_of!r}: expected a date as YYYY-MM-DD", file=sys.stderr)
-        return 2
-    try:
-        config = AlsConfig(factors=args.factors, iterations=args.iterations)
-        run = train_register_publish(settings, events_path, config=config, as_of=as_of,
-                                     publish=not args.no_publish,
-                                     say=lambda message: print(message, file=sys.stderr))
-    except (FinegrainError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if run.publish is not None:
-        print(("published: " if run.publish.published else "not published: ") + run.publish.reason,
-              file=sys.stderr)
-    if args.json:
-        print(json.dumps(run.as_dict(), sort_keys=True))
-    return 1 if run.publish is not None and run.publish.refused else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

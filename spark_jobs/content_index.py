@@ -33,30 +33,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from finegrain.features.catalog import COLOUR_AND_PATTERN_WORDS, OTHER_CATEGORY
-from finegrain.jobs import (
-    BatchJob,
-    JobContext,
-    JobResult,
-    Stopwatch,
-    ensure_new_version,
-    fail_cleanly,
-    job_main,
-    verify_written,
-)
 from finegrain.storage.contract import Dataset, RedisKeys
-from finegrain.storage.datasets import switch_dataset
+from spark_jobs.base import BatchJob, JobContext, JobResult, Stopwatch, verify_written
 from spark_jobs.popularity import (
     ListWriter,
     item_popularity,
     ranked_lists,
     write_lists,
 )
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
 
 FIELDS = ("term", "category", "price_band")
 RECENT_WINDOW = "30d"
@@ -92,73 +78,58 @@ class ContentIndexJob(BatchJob):
     dataset = Dataset.INDEX
     description = "Inverted indexes term/category/price band -> items, ranked by recent popularity"
 
-    def run(self, ctx: JobContext) -> JobResult:
+    def build(self, ctx: JobContext, watch: Stopwatch) -> JobResult:
         from pyspark.sql import functions as F
 
         from spark_jobs.item_attributes import item_attributes
 
-        watch = Stopwatch(self.name)
-        ensure_new_version(ctx.settings, self.dataset, ctx.version)
-        cached: list[DataFrame] = []
-        try:
-            events = ctx.events().select("user_id", "item_id", "timestamp", "description", "price").cache()
-            cached.append(events)
-            rows_in = events.count()
-            if rows_in == 0:
-                raise ctx.no_events("index")
-            watch.lap("read events")
-            attributes = item_attributes(events).select("item_id", "category", "price_band", "terms").cache()
-            cached.append(attributes)
-            n_items = attributes.count()
-            item_terms = attributes.select("item_id", F.explode(F.array_distinct("terms")).alias("value"))
-            document_frequency = {r["value"]: int(r["count"])
-                                  for r in item_terms.groupBy("value").count().collect()}
-            selection = select_terms(document_frequency, n_items)
-            kept = ctx.spark.createDataFrame([(t,) for t in sorted(selection.kept)], "value string")
-            watch.lap("item attributes and terms")
+        events = ctx.cache(ctx.events().select("user_id", "item_id", "timestamp", "description", "price"))
+        rows_in = events.count()
+        if rows_in == 0:
+            raise ctx.no_events("index")
+        watch.lap("read events")
+        attributes = ctx.cache(item_attributes(events).select("item_id", "category", "price_band", "terms"))
+        n_items = attributes.count()
+        item_terms = attributes.select("item_id", F.explode(F.array_distinct("terms")).alias("value"))
+        document_frequency = {r["value"]: int(r["count"])
+                              for r in item_terms.groupBy("value").count().collect()}
+        selection = select_terms(document_frequency, n_items)
+        kept = ctx.spark.createDataFrame([(t,) for t in sorted(selection.kept)], "value string")
+        watch.lap("item attributes and terms")
 
-            postings = (
-                item_terms.join(F.broadcast(kept), "value")
-                .select(F.lit("term").alias("field"), "value", "item_id")
-                .unionByName(attributes.where(F.col("category") != OTHER_CATEGORY)
-                             .select(F.lit("category").alias("field"), F.col("category").alias("value"),
-                                     "item_id"))
-                .unionByName(attributes.select(F.lit("price_band").alias("field"),
-                                               F.col("price_band").cast("string").alias("value"), "item_id"))
-            )
-            popularity = item_popularity(events, ctx.as_of).select(
-                "item_id", F.col(f"buyers_{RECENT_WINDOW}").alias("score"),
-                F.col(f"buyers_{LONG_WINDOW}").alias("tie"))
-            scored = postings.join(popularity, "item_id", "left").fillna(0, ["score", "tie"])
-            ranked = ranked_lists(scored, ["field", "value"]).select("field", "value", "items").cache()
-            cached.append(ranked)
-            prefix = RedisKeys.versioned_prefix(self.dataset, ctx.version)
-            logical = F.concat_ws(":", "field", "value")
-            writer = ListWriter(ctx.settings, ctx.version, int(time.time() * 1000))
-            written = write_lists(ranked.select(F.concat(F.lit(prefix), logical).alias("redis_key"),
-                                                logical.alias("logical_key"), "items"), writer)
-            # The directory is itself a ranked list: values as ids, posting sizes as scores, largest first.
-            sizes = ranked.select("field", F.col("value").alias("item_id"), F.size("items").alias("score"),
-                                  F.lit(0).alias("tie"))
-            written += write_lists(ranked_lists(sizes, ["field"]).select(
-                F.concat(F.lit(f"{prefix}directory:"), "field").alias("redis_key"),
-                F.concat(F.lit("directory:"), "field").alias("logical_key"), "items"), writer)
-            watch.lap("rank and write")
-            listed = sizes.select("field", "item_id", "score").collect()
-            fields = sorted({r["field"] for r in listed})
-            self.verify(ctx, [RedisKeys.index_postings(ctx.version, r["field"], r["item_id"]) for r in listed]
-                        + [RedisKeys.index_directory(ctx.version, f) for f in fields])
-            previous = switch_dataset(ctx.settings, self.dataset, ctx.version)
-            watch.lap("verify and switch")
-        except BaseException:
-            fail_cleanly(ctx.settings, self.dataset, ctx.version)
-            raise
-        finally:
-            for frame in cached:
-                frame.unpersist()
+        postings = (
+            item_terms.join(F.broadcast(kept), "value")
+            .select(F.lit("term").alias("field"), "value", "item_id")
+            .unionByName(attributes.where(F.col("category") != OTHER_CATEGORY)
+                         .select(F.lit("category").alias("field"), F.col("category").alias("value"),
+                                 "item_id"))
+            .unionByName(attributes.select(F.lit("price_band").alias("field"),
+                                           F.col("price_band").cast("string").alias("value"), "item_id"))
+        )
+        popularity = item_popularity(events, ctx.as_of).select(
+            "item_id", F.col(f"buyers_{RECENT_WINDOW}").alias("score"),
+            F.col(f"buyers_{LONG_WINDOW}").alias("tie"))
+        scored = postings.join(popularity, "item_id", "left").fillna(0, ["score", "tie"])
+        ranked = ctx.cache(ranked_lists(scored, ["field", "value"]).select("field", "value", "items"))
+        prefix = RedisKeys.versioned_prefix(self.dataset, ctx.version)
+        logical = F.concat_ws(":", "field", "value")
+        writer = ListWriter(ctx.settings, ctx.version, int(time.time() * 1000))
+        written = write_lists(ranked.select(F.concat(F.lit(prefix), logical).alias("redis_key"),
+                                            logical.alias("logical_key"), "items"), writer)
+        # The directory is itself a ranked list: values as ids, posting sizes as scores, largest first.
+        sizes = ranked.select("field", F.col("value").alias("item_id"), F.size("items").alias("score"),
+                              F.lit(0).alias("tie"))
+        written += write_lists(ranked_lists(sizes, ["field"]).select(
+            F.concat(F.lit(f"{prefix}directory:"), "field").alias("redis_key"),
+            F.concat(F.lit("directory:"), "field").alias("logical_key"), "items"), writer)
+        watch.lap("rank and write")
+        listed = sizes.select("field", "item_id", "score").collect()
+        fields = sorted({r["field"] for r in listed})
+        self.verify(ctx, [RedisKeys.index_postings(ctx.version, r["field"], r["item_id"]) for r in listed]
+                    + [RedisKeys.index_directory(ctx.version, f) for f in fields])
+        watch.lap("verify")
         return JobResult(
             job=self.name, dataset=self.dataset, version=ctx.version, rows_in=rows_in, rows_out=written,
-            previous_version=previous,
             details={
                 "items": n_items,
                 "lists": {f: sum(1 for r in listed if r["field"] == f) for f in FIELDS},
@@ -169,7 +140,6 @@ class ContentIndexJob(BatchJob):
                                   "single_item": len(selection.single_item)},
                 "ranking": f"distinct buyers {RECENT_WINDOW}, then {LONG_WINDOW}, then item id",
                 "directory_keys": [RedisKeys.index_directory(ctx.version, f) for f in fields],
-                "phase_seconds": watch.phases,
             },
         )
 
@@ -179,4 +149,6 @@ class ContentIndexJob(BatchJob):
 
 
 if __name__ == "__main__":
+    from spark_jobs.runner import job_main  # the entry's typer and rich: not for executors
+
     raise SystemExit(job_main([ContentIndexJob()]))

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finegrain.console import Step, quiet
-from finegrain.jobs import JobError, JobResult, load_job, run_jobs
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset
 from finegrain.storage.redis_versions import RedisVersions
+from spark_jobs.base import JobError, JobResult
+from spark_jobs.runner import load_job, run_jobs
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -30,7 +31,7 @@ RECALL_DATASET_JOBS: dict[Dataset, str] = {**DATASET_JOBS, Dataset.INDEX: "conte
 
 
 def is_built_for(version: str | None, as_of: date) -> bool:
-    """Versions are named `<as-of YYYYMMDD>-<build time>` (`version_for` of the job runner)."""
+    """Versions are named `<as-of YYYYMMDD>-<build time>` (`spark_jobs.runner.version_for`)."""
     return version is not None and version.startswith(f"{as_of:%Y%m%d}-")
 
 

@@ -19,7 +19,6 @@ Every value is written from the executors, a Redis and a Mongo client per partit
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -39,13 +38,11 @@ from finegrain.features.item import (
     item_features,
 )
 from finegrain.features.user import ItemLookup, user_profiles
-from finegrain.jobs import BatchJob, JobContext, JobError, JobResult, job_main
 from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_client, mongo_database, redis_client
 from finegrain.storage.contract import Dataset, MongoCollections, RedisKeys
-from finegrain.storage.datasets import switch_dataset
-from finegrain.storage.redis_versions import RedisVersions
 from finegrain.storage.versions import MongoVersions
+from spark_jobs.base import BatchJob, JobContext, JobError, JobResult, Stopwatch
 from spark_jobs.item_attributes import item_attributes
 
 if TYPE_CHECKING:
@@ -68,48 +65,33 @@ class FeaturesJob(BatchJob):
     dataset = Dataset.FEATURES
     description = "User profiles and item features as of a date, into MongoDB and Redis"
 
-    def run(self, ctx: JobContext) -> JobResult:
+    def build(self, ctx: JobContext, watch: Stopwatch) -> JobResult:
         timezone = ctx.spark.conf.get("spark.sql.session.timeZone")
         if timezone != "UTC":
             # Arrow hands pandas naive times in the session zone; the definitions read them as UTC.
             raise JobError(f"the Spark session time zone is {timezone}; the features job needs UTC "
                            "(use finegrain.spark.spark_session)")
-        events = ctx.events().select(*LINE_COLUMNS, "description").persist()
-        redis = redis_client(ctx.settings)
-        mongo = mongo_client(ctx.settings)
-        timings: dict[str, float] = {}
-        try:
-            with _timed(timings, "read"):
-                rows_in = events.count()
-            if rows_in == 0:
-                raise ctx.no_events("build features from")
-            return self._publish(ctx, events, rows_in, RedisVersions(redis),
-                                 MongoVersions(mongo_database(ctx.settings, mongo)), timings)
-        finally:
-            events.unpersist()
-            redis.close()
-            mongo.close()
-
-    def _publish(self, ctx: JobContext, events: DataFrame, rows_in: int, redis_versions: RedisVersions,
-                 mongo_versions: MongoVersions, timings: dict[str, float]) -> JobResult:
+        events = ctx.cache(ctx.events().select(*LINE_COLUMNS, "description"))
+        rows_in = events.count()
+        watch.lap("read")
+        if rows_in == 0:
+            raise ctx.no_events("build features from")
         version, dataset = ctx.version, self.dataset
         collection = MongoCollections.versioned(dataset, version)
-        if version in (redis_versions.current(dataset), mongo_versions.current(dataset)):
-            raise JobError(f"{dataset} version {version} is being served; a run writes a new version")
-        mongo_versions.db.drop_collection(collection)  # a partial leftover of the same name, if any
+        with _mongo_versions(ctx.settings) as mongo_versions:
+            # The Redis side is checked by `BatchJob.run` (`ensure_new_version`); Mongo has its own pointer.
+            if version == mongo_versions.current(dataset):
+                raise JobError(f"{dataset} version {version} is being served; a run writes a new version")
+            mongo_versions.db.drop_collection(collection)  # a partial leftover of the same name, if any
+        counts = self._write(ctx, events, rows_in, watch)
+        redis = redis_client(ctx.settings)
         try:
-            counts = self._write(ctx, events, rows_in, timings)
-            redis_versions.client.set(RedisKeys.item_feature_block_count(version), str(counts[BLOCK]))
-            mongo_versions.switch(dataset, version)
-        except BaseException as exc:
-            _discard(exc, redis_versions, mongo_versions, dataset, version)
-            raise
-        with _timed(timings, "switch"):
-            previous = switch_dataset(ctx.settings, dataset, version)
-            dropped = mongo_versions.prune(dataset)
+            redis.set(RedisKeys.item_feature_block_count(version), str(counts[BLOCK]))
+        finally:
+            redis.close()
         return JobResult(
             job=self.name, dataset=dataset, version=version, rows_in=rows_in,
-            rows_out=counts[USER] + counts[ITEM], previous_version=previous,
+            rows_out=counts[USER] + counts[ITEM],
             details={
                 "as_of": ctx.as_of.isoformat(),
                 "users": counts[USER],
@@ -119,19 +101,34 @@ class FeaturesJob(BatchJob):
                 "mongo_collection": collection,
                 "mongo_documents": counts[USER] + counts[ITEM],
                 "item_feature_names": list(ITEM_FEATURE_NAMES),
-                "mongo_versions_dropped": dropped,
-                "seconds": {phase: round(seconds, 2) for phase, seconds in timings.items()},
             },
         )
 
-    def _write(self, ctx: JobContext, events: DataFrame, rows_in: int, timings: dict[str, float]
-               ) -> dict[str, int]:
+    def switch(self, ctx: JobContext, result: JobResult) -> str | None:
+        """Mongo's pointer first, then Redis and ZooKeeper (what tells serving to reload), then the
+        old Mongo collections are dropped, keeping the previous one for rollback as Redis does."""
+        with _mongo_versions(ctx.settings) as mongo_versions:
+            mongo_versions.switch(self.dataset, ctx.version)
+            previous = super().switch(ctx, result)
+            result.details["mongo_versions_dropped"] = mongo_versions.prune(self.dataset)
+        return previous
+
+    def discard(self, ctx: JobContext) -> None:
+        """The partial Redis keys (unless published) and the partial Mongo collection, unless Mongo
+        already points at it (the Redis switch failed after Mongo's): a reader may be on it then, and
+        Mongo's pruning drops it once two newer versions are switched in."""
+        super().discard(ctx)
+        with _mongo_versions(ctx.settings) as mongo_versions:
+            if mongo_versions.current(self.dataset) != ctx.version:
+                mongo_versions.db.drop_collection(MongoCollections.versioned(self.dataset, ctx.version))
+
+    def _write(self, ctx: JobContext, events: DataFrame, rows_in: int, watch: Stopwatch) -> dict[str, int]:
         from pyspark.sql import functions as F
 
         spark, version = ctx.spark, ctx.version
-        with _timed(timings, "item_attributes"):
-            attributes = item_attributes(events).toPandas()
-            lookup = ItemLookup.from_attributes(attributes)
+        attributes = item_attributes(events).toPandas()
+        lookup = ItemLookup.from_attributes(attributes)
+        watch.lap("item_attributes")
         partitions = _partition_count(spark.conf.get("spark.sql.shuffle.partitions"), rows_in)
         lines = events.select(*LINE_COLUMNS)
 
@@ -154,33 +151,30 @@ class FeaturesJob(BatchJob):
         # one pandas frame: an explicit partition count is also one that adaptive execution keeps,
         # so the work stays spread over every core.
         users = lines.repartition(partitions, "user_id").mapInPandas(user_rows, OUTPUT_SCHEMA)
-        items = lines.repartition(partitions, "item_id").mapInPandas(item_rows, ITEM_SCHEMA).persist()
-        try:
-            # Blocks are runs of ITEM_BLOCK_SIZE items in id order, numbered from 0, so a reader needs
-            # only their count; zipWithIndex numbers the sorted ids without one partition holding all.
-            with _timed(timings, "items"):  # zipWithIndex runs the item features to count them
-                positions = (items.select("id").orderBy("id").rdd.map(lambda row: row[0]).zipWithIndex()
-                             .map(lambda pair: (pair[0], pair[1] // ITEM_BLOCK_SIZE)))
-            blocks = (items.join(spark.createDataFrame(positions, "id string, block int"), "id")
-                      .groupBy("block").applyInPandas(block_rows, OUTPUT_SCHEMA))
-            item_documents = items.select(F.lit(ITEM).alias("kind"), "id", "pb")
-            outputs = users.unionByName(item_documents).unionByName(blocks)
-            written = {kind: spark.sparkContext.accumulator(0) for kind in (USER, ITEM, BLOCK)}
-            with _timed(timings, "users_and_writes"):
-                outputs.foreachPartition(partial(_write_partition, settings=ctx.settings, version=version,
-                                                 written=written))
-        finally:
-            items.unpersist()
+        items = ctx.cache(lines.repartition(partitions, "item_id").mapInPandas(item_rows, ITEM_SCHEMA))
+        # Blocks are runs of ITEM_BLOCK_SIZE items in id order, numbered from 0, so a reader needs
+        # only their count; zipWithIndex numbers the sorted ids without one partition holding all.
+        positions = (items.select("id").orderBy("id").rdd.map(lambda row: row[0]).zipWithIndex()
+                     .map(lambda pair: (pair[0], pair[1] // ITEM_BLOCK_SIZE)))
+        watch.lap("items")  # zipWithIndex runs the item features to count them
+        blocks = (items.join(spark.createDataFrame(positions, "id string, block int"), "id")
+                  .groupBy("block").applyInPandas(block_rows, OUTPUT_SCHEMA))
+        item_documents = items.select(F.lit(ITEM).alias("kind"), "id", "pb")
+        outputs = users.unionByName(item_documents).unionByName(blocks)
+        written = {kind: spark.sparkContext.accumulator(0) for kind in (USER, ITEM, BLOCK)}
+        outputs.foreachPartition(partial(_write_partition, settings=ctx.settings, version=version,
+                                         written=written))
+        watch.lap("users_and_writes")
         return {kind: int(accumulator.value) for kind, accumulator in written.items()}
 
 
 @contextmanager
-def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    started = time.perf_counter()
+def _mongo_versions(settings: Settings) -> Iterator[MongoVersions]:
+    client = mongo_client(settings)
     try:
-        yield
+        yield MongoVersions(mongo_database(settings, client))
     finally:
-        timings[phase] = time.perf_counter() - started
+        client.close()
 
 
 def _partition_count(shuffle_partitions: str | None, lines: int) -> int:
@@ -263,15 +257,7 @@ def _insert(collection: Any, documents: list[dict[str, Any]]) -> None:
             raise
 
 
-def _discard(exc: BaseException, redis_versions: RedisVersions, mongo_versions: MongoVersions,
-             dataset: Dataset, version: str) -> None:
-    """Delete a version that failed before its switch; the served one stays as it was."""
-    try:
-        redis_versions.delete_version(dataset, version)
-        mongo_versions.db.drop_collection(MongoCollections.versioned(dataset, version))
-    except Exception as cleanup:  # the run's own error is what the caller must see
-        exc.add_note(f"also failed to delete the partial {dataset} version {version}: {cleanup}")
-
-
 if __name__ == "__main__":
+    from spark_jobs.runner import job_main  # the entry's typer and rich: not for executors
+
     raise SystemExit(job_main([FeaturesJob()]))

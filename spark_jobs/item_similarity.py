@@ -35,15 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from finegrain.jobs import (
-    BatchJob,
-    JobContext,
-    JobError,
-    JobResult,
-    ensure_new_version,
-    fail_cleanly,
-    job_main,
-)
 from finegrain.recall.similarity import (
     CoPurchaseMatrix,
     SimilarityConfig,
@@ -54,6 +45,7 @@ from finegrain.recall.similarity import (
 from finegrain.storage.contract import Dataset, RedisKeys
 from finegrain.storage.lists import scored_list
 from finegrain.storage.redis_versions import WRITE_BATCH
+from spark_jobs.base import BatchJob, JobContext, JobError, JobResult, Stopwatch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,21 +114,16 @@ class ItemSimilarityJob(BatchJob):
         # Popular items cost far more than rare ones, so more, smaller tasks even out.
         self.tasks_per_core = tasks_per_core
 
-    def run(self, ctx: JobContext) -> JobResult:
+    def build(self, ctx: JobContext, watch: Stopwatch) -> JobResult:
         # Imported here, not at the top: executors import this module for `write_partition`, and the
         # store clients (Mongo, Kafka, ZooKeeper) would add about a second to every worker's start.
         from finegrain.storage.clients import redis_client
-        from finegrain.storage.datasets import switch_dataset
 
-        ensure_new_version(ctx.settings, self.dataset, ctx.version)
         client = redis_client(ctx.settings)
         try:
-            result, item_ids = self._build(ctx)
+            result, item_ids = self._build(ctx, watch)
             self.verify(client, ctx.version, item_ids)
-            result.previous_version = switch_dataset(ctx.settings, self.dataset, ctx.version)
-        except BaseException:
-            fail_cleanly(ctx.settings, self.dataset, ctx.version)
-            raise
+            watch.lap("verify")
         finally:
             client.close()
         return result
@@ -151,28 +138,24 @@ class ItemSimilarityJob(BatchJob):
         if found != len(keys):
             raise JobError(f"only {found} of {len(keys)} similarity lists are in Redis after the write")
 
-    def _build(self, ctx: JobContext) -> tuple[JobResult, np.ndarray]:
+    def _build(self, ctx: JobContext, watch: Stopwatch) -> tuple[JobResult, np.ndarray]:
         from pyspark.sql import functions as F
 
         config = self.config
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
         # One hash aggregation is all Spark needs to do here: the per-user recency ranking and the
         # caps are a sort of these rows on the driver, which builds the broadcast matrix anyway.
         pairs: pd.DataFrame = (ctx.events().groupBy("user_id", "item_id")
                  .agg(F.max("timestamp").cast("long").alias("last_ts"), F.count(F.lit(1)).alias("lines"))
                  .toPandas())
-        timings["aggregate"] = time.perf_counter() - started
+        watch.lap("aggregate")
         if pairs.empty:
             raise ctx.no_events("build")
         rows_in = int(pairs["lines"].sum())
 
-        started = time.perf_counter()
         matrix, caps = build_matrix(pairs, config)
         del pairs
-        timings["matrix"] = time.perf_counter() - started
+        watch.lap("matrix")
 
-        started = time.perf_counter()
         sc = ctx.spark.sparkContext
         # Spark already runs one task per core; a multi-threaded BLAS inside each task fights it for the
         # cores, and on these small matrices OpenBLAS threads made Swing 16x slower (measured: 19 s
@@ -191,7 +174,7 @@ class ItemSimilarityJob(BatchJob):
                 generated_ms=int(datetime.now(UTC).timestamp() * 1000), counters=counters))
         finally:
             broadcast.destroy()
-        timings["similarity_and_write"] = time.perf_counter() - started
+        watch.lap("similarity_and_write")
 
         counts = {name: int(counter.value) for name, counter in counters.items()}
         expected = matrix.n_items
@@ -203,7 +186,6 @@ class ItemSimilarityJob(BatchJob):
             **counts,
             "tasks": n_tasks,
             "config": asdict(config),
-            "phase_seconds": {name: round(value, 2) for name, value in timings.items()},
             "key_example": RedisKeys.similar_items(ctx.version, "cosine", str(matrix.item_ids[0])),
         }
         result = JobResult(job=self.name, dataset=self.dataset, version=ctx.version, rows_in=rows_in,
@@ -215,5 +197,6 @@ if __name__ == "__main__":
     # Under spark-submit this file is `__main__`, and executors could not unpickle the broadcast
     # `__main__.CoPurchaseMatrix`: run the job from the importable module instead.
     from spark_jobs.item_similarity import ItemSimilarityJob as ImportableJob
+    from spark_jobs.runner import job_main
 
     raise SystemExit(job_main([ImportableJob()]))

@@ -24,20 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from finegrain.dates import midnight_utc
 from finegrain.features.catalog import OTHER_CATEGORY
-from finegrain.jobs import (
-    BatchJob,
-    JobContext,
-    JobResult,
-    Stopwatch,
-    ensure_new_version,
-    fail_cleanly,
-    job_main,
-    verify_written,
-)
 from finegrain.settings import Settings
 from finegrain.storage.contract import Dataset, RedisKeys
-from finegrain.storage.datasets import switch_dataset
 from finegrain.storage.lists import scored_list
+from spark_jobs.base import BatchJob, JobContext, JobResult, Stopwatch, verify_written
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -157,58 +147,43 @@ class PopularityJob(BatchJob):
     dataset = Dataset.POPULARITY
     description = "Best-seller lists (global, per country, per category) over 7d/30d/90d/all windows"
 
-    def run(self, ctx: JobContext) -> JobResult:
+    def build(self, ctx: JobContext, watch: Stopwatch) -> JobResult:
         from pyspark.sql import functions as F
 
         from spark_jobs.item_attributes import item_attributes
 
-        watch = Stopwatch(self.name)
-        ensure_new_version(ctx.settings, self.dataset, ctx.version)
-        cached: list[DataFrame] = []
-        try:
-            events = ctx.events().select("user_id", "item_id", "timestamp", "country", "description",
-                                         "price").cache()
-            cached.append(events)
-            rows_in = events.count()
-            if rows_in == 0:
-                raise ctx.no_events("rank")
-            watch.lap("read events")
-            global_stats = item_popularity(events, ctx.as_of).cache()
-            cached.append(global_stats)
-            categories = (item_attributes(events).where(F.col("category") != OTHER_CATEGORY)
-                          .select("item_id", "category"))
-            watch.lap("item categories")
-            by_country = item_popularity(events.where(F.col("country").isNotNull()), ctx.as_of,
-                                         by=["country"])
-            rows = (
-                _long_format(global_stats, "global", F.lit(GLOBAL_NAME))
-                .unionByName(_long_format(by_country, "country", F.col("country")))
-                # An item has one category, so its popularity within the category is its global one.
-                .unionByName(_long_format(global_stats.join(categories, "item_id"), "category",
-                                          F.col("category")))
-            )
-            cap = F.coalesce(*[F.when(F.col("scope") == s, F.lit(n)) for s, n in MAX_ITEMS.items()])
-            logical = F.concat_ws(":", "scope", F.concat_ws("@", "name", "window"))
-            prefix = RedisKeys.popular_items(ctx.version, "", "")[:-1]
-            lists = (ranked_lists(rows, ["scope", "name", "window"], cap)
-                     .select(F.concat(F.lit(prefix), logical).alias("redis_key"),
-                             logical.alias("logical_key"), "scope", "items").cache())
-            cached.append(lists)
-            written = write_lists(lists, ListWriter(ctx.settings, ctx.version, int(time.time() * 1000)))
-            watch.lap("rank and write")
-            top_key = f"global:{GLOBAL_NAME}@all"
-            meta = lists.select("redis_key", "scope", F.size("items").alias("entries"),
-                                F.when(F.col("logical_key") == top_key, F.slice("items", 1, 5)).alias("top")
-                                ).collect()
-            self.verify(ctx, [r["redis_key"] for r in meta])
-            previous = switch_dataset(ctx.settings, self.dataset, ctx.version)
-            watch.lap("verify and switch")
-        except BaseException:
-            fail_cleanly(ctx.settings, self.dataset, ctx.version)
-            raise
-        finally:
-            for frame in cached:
-                frame.unpersist()
+        events = ctx.cache(ctx.events().select("user_id", "item_id", "timestamp", "country", "description",
+                                               "price"))
+        rows_in = events.count()
+        if rows_in == 0:
+            raise ctx.no_events("rank")
+        watch.lap("read events")
+        global_stats = ctx.cache(item_popularity(events, ctx.as_of))
+        categories = (item_attributes(events).where(F.col("category") != OTHER_CATEGORY)
+                      .select("item_id", "category"))
+        watch.lap("item categories")
+        by_country = item_popularity(events.where(F.col("country").isNotNull()), ctx.as_of, by=["country"])
+        rows = (
+            _long_format(global_stats, "global", F.lit(GLOBAL_NAME))
+            .unionByName(_long_format(by_country, "country", F.col("country")))
+            # An item has one category, so its popularity within the category is its global one.
+            .unionByName(_long_format(global_stats.join(categories, "item_id"), "category",
+                                      F.col("category")))
+        )
+        cap = F.coalesce(*[F.when(F.col("scope") == s, F.lit(n)) for s, n in MAX_ITEMS.items()])
+        logical = F.concat_ws(":", "scope", F.concat_ws("@", "name", "window"))
+        prefix = RedisKeys.popular_items(ctx.version, "", "")[:-1]
+        lists = ctx.cache(ranked_lists(rows, ["scope", "name", "window"], cap)
+                          .select(F.concat(F.lit(prefix), logical).alias("redis_key"),
+                                  logical.alias("logical_key"), "scope", "items"))
+        written = write_lists(lists, ListWriter(ctx.settings, ctx.version, int(time.time() * 1000)))
+        watch.lap("rank and write")
+        top_key = f"global:{GLOBAL_NAME}@all"
+        meta = lists.select("redis_key", "scope", F.size("items").alias("entries"),
+                            F.when(F.col("logical_key") == top_key, F.slice("items", 1, 5)).alias("top")
+                            ).collect()
+        self.verify(ctx, [r["redis_key"] for r in meta])
+        watch.lap("verify")
         lists_by_scope: dict[str, int] = {}
         entries_by_scope: dict[str, int] = {}
         top_items: list[tuple[str, int]] = []
@@ -219,7 +194,6 @@ class PopularityJob(BatchJob):
                 top_items = [(i["item_id"], int(i["score"])) for i in r["top"]]
         return JobResult(
             job=self.name, dataset=self.dataset, version=ctx.version, rows_in=rows_in, rows_out=written,
-            previous_version=previous,
             details={
                 "measure": POPULARITY_MEASURE,
                 "windows": list(WINDOWS),
@@ -227,7 +201,6 @@ class PopularityJob(BatchJob):
                 "entries_by_scope": entries_by_scope,
                 "top_global_all": top_items,
                 "example_key": RedisKeys.popular_items(ctx.version, "global", f"{GLOBAL_NAME}@30d"),
-                "phase_seconds": watch.phases,
             },
         )
 
@@ -237,4 +210,6 @@ class PopularityJob(BatchJob):
 
 
 if __name__ == "__main__":
+    from spark_jobs.runner import job_main  # the entry's typer and rich: not for executors
+
     raise SystemExit(job_main([PopularityJob()]))

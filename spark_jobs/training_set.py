@@ -43,7 +43,6 @@ over a cluster.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -54,16 +53,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import typer
 
+from finegrain.console import fail
 from finegrain.dates import as_of_ms, midnight_utc, parse_as_of
 from finegrain.errors import FinegrainError
 from finegrain.features.user import user_profiles
-from finegrain.jobs import JobContext, JobError
 from finegrain.settings import Settings, get_settings
 from finegrain.training.candidates import CandidateConfig
 from finegrain.training.training_set import (
@@ -81,6 +81,7 @@ from models.training_set_io import (
     to_table,
     write_manifest,
 )
+from spark_jobs.base import JobContext, JobError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -278,41 +279,52 @@ def partition_rows(batches: Iterator[pa.RecordBatch], shared: dict[str, CutoffIn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from finegrain.console import fail
+    """The spark-submit entry: `spark-submit spark_jobs/training_set.py --as-of D [options]`."""
+    from spark_jobs.runner import entry_app, run_entry
 
-    parser = argparse.ArgumentParser(description="Build the ranker training set with Spark.")
-    parser.add_argument("--as-of", required=True, help="The model's as-of date (YYYY-MM-DD); label windows "
-                        "must end by it.")
-    parser.add_argument("--events", type=Path, default=None, help="Canonical events Parquet.")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="Output folder (default: {var_dir}/training_sets/{as_of}-{build time}).")
-    parser.add_argument("--cutoffs", default=None,
-                        help="Comma-separated cut-off dates "
-                        "(default: models.evaluate_rankers.TRAIN_CUTOFFS).")
-    parser.add_argument("--max-users", type=int, default=None, help="Users drawn per cut-off (quick runs).")
-    parser.add_argument("--label-days", type=int, default=LABEL_DAYS)
-    args = parser.parse_args(argv)
-    settings = get_settings()
-    try:
-        as_of = parse_as_of(args.as_of)
-        request = TrainingSetRequest(
-            as_of=as_of,
-            cutoffs=checked_cutoffs(parse_cutoffs(args.cutoffs) if args.cutoffs else default_cutoffs(), as_of,
-                                    args.label_days),
-            out=args.out or default_out(settings, as_of),
-            events_path=args.events or settings.data_dir / "retail" / "events.parquet",
-            max_users=args.max_users, label_days=args.label_days)
-        from finegrain.spark import spark_session
+    app = entry_app()
 
-        spark = spark_session(settings, app_name="finegrain-training-set")
-        build = build_training_set_spark(spark, settings, request)
-    except FinegrainError as exc:
-        return fail(str(exc)).exit_code
-    summary = {"out": str(build.out), "rows": build.rows, "groups": build.groups, "seconds": build.seconds,
-               "candidate_recall": build.manifest.get("candidate_recall"),
-               "cutoffs": build.manifest["cutoffs"]}
-    print(json.dumps(summary, sort_keys=True))
-    return 0
+    @app.command(help="Build the ranker training set with Spark.")
+    def build(
+        as_of: Annotated[str, typer.Option("--as-of", help="The model's as-of date (YYYY-MM-DD); label "
+                                           "windows must end by it.", show_default=False)],
+        events: Annotated[Path | None, typer.Option("--events", help="Canonical events Parquet.",
+                                                    show_default=False)] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="Output folder (default: {var_dir}/training_sets/{as_of}-{build time}).",
+            show_default=False)] = None,
+        cutoffs: Annotated[str | None, typer.Option(
+            "--cutoffs", help="Comma-separated cut-off dates "
+            "(default: models.evaluate_rankers.TRAIN_CUTOFFS).",
+            show_default=False)] = None,
+        max_users: Annotated[int | None, typer.Option("--max-users", help="Users drawn per cut-off (quick "
+                                                      "runs).", show_default=False)] = None,
+        label_days: Annotated[int, typer.Option("--label-days", help="Days after a cut-off whose purchases "
+                                                "are its labels.")] = LABEL_DAYS,
+    ) -> None:
+        settings = get_settings()
+        try:
+            as_of_date = parse_as_of(as_of)
+            request = TrainingSetRequest(
+                as_of=as_of_date,
+                cutoffs=checked_cutoffs(parse_cutoffs(cutoffs) if cutoffs else default_cutoffs(), as_of_date,
+                                        label_days),
+                out=out or default_out(settings, as_of_date),
+                events_path=events or settings.events_path,
+                max_users=max_users, label_days=label_days)
+            from finegrain.spark import spark_session
+
+            spark = spark_session(settings, app_name="finegrain-training-set")
+            built = build_training_set_spark(spark, settings, request)
+        except FinegrainError as exc:
+            raise fail(str(exc)) from None
+        summary = {"out": str(built.out), "rows": built.rows, "groups": built.groups,
+                   "seconds": built.seconds,
+                   "candidate_recall": built.manifest.get("candidate_recall"),
+                   "cutoffs": built.manifest["cutoffs"]}
+        print(json.dumps(summary, sort_keys=True))
+
+    return run_entry(app, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from typing import Any
 
 import redis
 
-from finegrain.jobs import load_job, run_jobs
 from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_client
 from models.publishing import ModelPublisher
@@ -26,6 +25,7 @@ from models.training_set import build_cutoff
 from models.xgboost_ranker import RankerConfig, train_ranker
 from serving.process import ApiServer
 from spark_jobs import JOBS
+from spark_jobs.runner import load_job, run_jobs
 
 AS_OF = date(2010, 12, 10)
 TRAIN_CUTOFF = date(2010, 10, 11)

@@ -13,14 +13,15 @@ from pyspark.sql import SparkSession
 
 from finegrain.features.catalog import COLOUR_AND_PATTERN_WORDS, OTHER_CATEGORY, categories
 from finegrain.features.text import description_terms
-from finegrain.jobs import JobContext, JobError, JobResult, job_main, run_jobs
 from finegrain.schemas import ScoredItemList
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client, zookeeper_client
 from finegrain.storage.contract import Dataset, RedisKeys, ZkPaths
 from finegrain.storage.lists import read_list
 from finegrain.storage.redis_versions import RedisVersions
+from spark_jobs.base import JobContext, JobError, JobResult
 from spark_jobs.content_index import FIELDS, ContentIndexJob
+from spark_jobs.runner import job_main, run_jobs
 
 pytestmark = pytest.mark.integration
 

@@ -117,7 +117,7 @@ def test_an_earlier_split_refuses_to_replace_newer_datasets(
         evaluation: ChannelEvaluation, settings: Settings, retail_data: Path) -> None:
     from datetime import date
 
-    from finegrain.jobs import JobError
+    from spark_jobs.base import JobError
 
     before = dict(evaluation.versions)
     with pytest.raises(JobError, match="built as of a later date than 2010-10-01"):

@@ -19,14 +19,15 @@ from pyspark.sql import SparkSession
 
 from finegrain.codecs import decode
 from finegrain.features.item import ITEM_BLOCK_SIZE, ITEM_FEATURE_NAMES, item_feature_vector, matrix_rows
-from finegrain.jobs import JobContext, JobError, JobResult, job_main, run_jobs
 from finegrain.schemas import ItemFeatureMatrix, ItemFeatures, UserProfile
 from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_database, redis_client, zookeeper_client
 from finegrain.storage.contract import Dataset, MongoCollections, RedisKeys, ZkPaths
 from finegrain.storage.redis_versions import RedisVersions
 from finegrain.storage.versions import MongoVersions
+from spark_jobs.base import JobContext, JobError, JobResult
 from spark_jobs.features import FeaturesJob
+from spark_jobs.runner import job_main, run_jobs
 
 pytestmark = pytest.mark.integration
 

@@ -16,14 +16,15 @@ from pyspark.sql import SparkSession
 from finegrain.codecs import decode
 from finegrain.dates import parse_as_of
 from finegrain.errors import DataError
-from finegrain.jobs import JobError, run_jobs
 from finegrain.schemas import ScoredItemList
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client, zookeeper_client
 from finegrain.storage.contract import Dataset, RedisKeys, ZkPaths
 from finegrain.storage.lists import read_list
 from finegrain.storage.redis_versions import RedisVersions
+from spark_jobs.base import JobError
 from spark_jobs.item_similarity import ItemSimilarityJob
+from spark_jobs.runner import run_jobs
 
 pytestmark = pytest.mark.integration
 

@@ -14,14 +14,15 @@ import redis
 from pyspark.sql import SparkSession
 
 from finegrain.features.catalog import OTHER_CATEGORY, categories
-from finegrain.jobs import JobError, JobResult, job_main, run_jobs
 from finegrain.schemas import ScoredItemList
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client, zookeeper_client
 from finegrain.storage.contract import Dataset, RedisKeys, ZkPaths
 from finegrain.storage.lists import read_list
 from finegrain.storage.redis_versions import RedisVersions
+from spark_jobs.base import JobError, JobResult
 from spark_jobs.popularity import MAX_ITEMS, WINDOWS, PopularityJob
+from spark_jobs.runner import job_main, run_jobs
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
-"""The manual retrain DAG (dags/finegrain_retrain.py): light and quick to import, the task graph and the
-rendered ranker commands (training-set path shared by its two tasks), and a real `dag.test()` run of
-the embeddings branch that registers and publishes a version on the local stack."""
+"""The manual retrain DAG (dags/finegrain_retrain.py): light and quick to import, the task graph, the
+rendered commands (training-set path shared by the ranker's two tasks, params passed in the
+environment) and a real `dag.test()` run of the embeddings branch (`finegrain models
+train-embeddings`) that registers and publishes a version on the local stack."""
 
 from __future__ import annotations
 
@@ -54,9 +55,10 @@ for model in ("ranker_xgboost", "ranker_tf", "embeddings_als"):
     out["rendered"][model] = {
         "spark_args": tasks["build_training_set"].render_template(
             tasks["build_training_set"].application_args, context),
-        "train_ranker": tasks["train_ranker"].render_template(tasks["train_ranker"].bash_command, context),
-        "train_embeddings": tasks["train_embeddings"].render_template(
-            tasks["train_embeddings"].bash_command, context),
+        **{task: {"command": tasks[task].render_template(tasks[task].bash_command, context),
+                  "env": tasks[task].render_template(tasks[task].env, context),
+                  "append_env": tasks[task].append_env}
+           for task in ("train_ranker", "train_embeddings")},
     }
 try:
     module.choose_model({"model": "ranker_lightgbm"})
@@ -101,13 +103,23 @@ def test_rendered_ranker_commands_share_the_training_set(inspected: dict[str, An
         rendered = inspected["rendered"][model]
         assert rendered["spark_args"] == ["--as-of", "2010-10-01", "--events", "/data/ev.parquet",
                                           "--out", path]
-        command = rendered["train_ranker"]
-        assert "-m cli models train-ranker" in command
-        assert f" --kind {kind} " in command
-        assert f"--training-set '{path}'" in command and "--events '/data/ev.parquet'" in command
-    embeddings = inspected["rendered"]["embeddings_als"]["train_embeddings"]
-    assert embeddings.endswith("-m models.train_embeddings --events '/data/ev.parquet' --as-of '2010-10-01' "
-                               "--json")
+        task = rendered["train_ranker"]
+        assert task["command"].endswith('-m cli models train-ranker --kind "$RUN_KIND" --training-set '
+                                        '"$RUN_TRAINING_SET" --events "$RUN_EVENTS" --json')
+        assert task["env"] == {"RUN_KIND": kind, "RUN_TRAINING_SET": path, "RUN_EVENTS": "/data/ev.parquet"}
+        assert task["append_env"]  # the worker's FINEGRAIN_* settings and PYTHONPATH pass through
+
+
+def test_embeddings_are_trained_by_the_cli_with_params_in_the_environment(inspected: dict[str, Any]) -> None:
+    task = inspected["rendered"]["embeddings_als"]["train_embeddings"]
+    assert task["command"].endswith('-m cli models train-embeddings --events "$RUN_EVENTS" '
+                                    '--as-of "$RUN_AS_OF" --json')
+    assert task["env"] == {"RUN_EVENTS": "/data/ev.parquet", "RUN_AS_OF": "2010-10-01"}
+    # No rendered param reaches a command line, where a quote in it would be shell code.
+    for rendered in inspected["rendered"].values():
+        for name in ("train_ranker", "train_embeddings"):
+            assert "/data/ev.parquet" not in rendered[name]["command"]
+            assert "2010-10-01" not in rendered[name]["command"]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from pyspark.sql import SparkSession
 
 from finegrain.codecs import decode
 from finegrain.features.item import matrix_rows
-from finegrain.jobs import run_jobs
 from finegrain.schemas import ItemFeatureMatrix, ScoredItemList, UserProfile
 from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_database, redis_client, zookeeper_client
@@ -41,6 +40,7 @@ from serving.rules.store import RuleStore
 from spark_jobs.content_index import ContentIndexJob
 from spark_jobs.features import FeaturesJob
 from spark_jobs.popularity import PopularityJob
+from spark_jobs.runner import run_jobs
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """`models.train_embeddings`: a real ALS run on the real data, registered and published to ZooKeeper
 behind its recall@200 gate; the published artifact rebuilds the same index; a worse run is stored but
-refused."""
+refused; `finegrain models train-embeddings` refuses bad input in one line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from cli import app
 from finegrain.codecs import decode
 from finegrain.recall.embedding import EmbeddingIndex
 from finegrain.schemas import ModelManifest
@@ -18,7 +20,7 @@ from finegrain.storage.contract import ZkPaths
 from models.embeddings import AlsConfig
 from models.publishing import ModelPublisher
 from models.registry import ModelRegistry
-from models.train_embeddings import GATE_METRIC, MODEL_NAME, EmbeddingRun, main, train_register_publish
+from models.train_embeddings import GATE_METRIC, MODEL_NAME, EmbeddingRun, train_register_publish
 
 pytestmark = pytest.mark.integration
 
@@ -81,12 +83,16 @@ def test_worse_run_is_stored_but_refused(first: EmbeddingRun, settings: Settings
         assert publisher.status(MODEL_NAME).published == first.manifest
 
 
-def test_command_line_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                                   ) -> None:
-    """In process: the DAG test runs `python -m models.train_embeddings` end to end."""
-    assert main(["--events", str(tmp_path / "none.parquet"), "--json"]) == 2
-    captured = capsys.readouterr()
-    assert "no events at" in captured.err and "Traceback" not in captured.err
-    assert captured.out == ""  # no JSON line for a run that did not happen
-    assert main(["--as-of", "2010-02-30"]) == 2
-    assert "bad --as-of '2010-02-30'" in capsys.readouterr().err
+def test_command_line_reports_bad_input_in_one_line(tmp_path: Path, retail_data: Path) -> None:
+    """In process; the retrain DAG test runs `finegrain models train-embeddings` end to end."""
+    runner = CliRunner()
+    missing = runner.invoke(app, ["models", "train-embeddings", "--events", str(tmp_path / "none.parquet"),
+                                  "--json"])
+    assert missing.exit_code == 2 and "no events at" in missing.output
+    assert "Traceback" not in missing.output and "{" not in missing.output  # no JSON line: no run
+    events = str(retail_data / "events.parquet")
+    bad_date = runner.invoke(app, ["models", "train-embeddings", "--events", events, "--as-of", "2010-02-30"])
+    assert bad_date.exit_code == 2 and "bad --as-of '2010-02-30'" in bad_date.output
+    assert "Traceback" not in bad_date.output
+    bad_size = runner.invoke(app, ["models", "train-embeddings", "--events", events, "--factors", "0"])
+    assert bad_size.exit_code == 2 and "bad ALS config" in bad_size.output

@@ -16,11 +16,11 @@ from finegrain.dates import as_of_ms
 from finegrain.evaluation.protocol import load_events
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
-from finegrain.jobs import JobError
 from finegrain.settings import Settings
 from finegrain.training.training_set import TrainingSet
 from models.training_set import build_cutoff
 from models.training_set_io import read_manifest, read_training_set
+from spark_jobs.base import JobError
 from spark_jobs.training_set import TrainingSetBuild, TrainingSetRequest, build_training_set_spark, main
 
 pytestmark = pytest.mark.integration

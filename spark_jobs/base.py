@@ -1,28 +1,36 @@
-"""The batch-job interface shared by `spark_jobs/`, the CLI and the Airflow DAGs.
+"""The batch-job interface: what a job of `spark_jobs/` is given (`JobContext`), what it reports
+(`JobResult`) and the one life cycle every job follows (`BatchJob.run`).
 
 A job reads the canonical events strictly before its as-of date (the logical date of the run), so a
 rerun for the same date gives the same output and a backfill never sees the future. It writes a new
 version of its dataset and switches the pointer only once everything is written; on failure it
 deletes what it wrote and the current version stays untouched.
+
+`BatchJob.run` is a template method, final in every job: it refuses a version name that was already
+published, times the phases (`Stopwatch`, reported as `details["phase_seconds"]`), calls the job's
+`build` step, switches the dataset to the new version and prunes old ones, deletes the partial version
+when anything fails before the switch, and unpersists every frame the job cached through
+`JobContext.cache`. A job implements `build` (and, when it writes more than Redis, `switch` and
+`discard`); running jobs and the spark-submit entry are in `spark_jobs.runner`.
+
+Nothing here imports Spark at module level: `finegrain jobs list` and the DAG tests read job names
+without a JVM.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
-from finegrain.dates import midnight_utc, parse_as_of
+from finegrain.dates import midnight_utc
 from finegrain.errors import DataError, FinegrainError
-from finegrain.settings import Settings, get_settings
-from finegrain.storage.contract import Dataset, check_version
+from finegrain.settings import Settings
+from finegrain.storage.contract import Dataset
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -34,20 +42,17 @@ class JobError(FinegrainError):
     """A job that cannot run with the inputs it was given."""
 
 
-def version_for(as_of: date, built: datetime | None = None) -> str:
-    """Version name of a run: its as-of date and its build time, e.g. `20101110-20261127T071530`.
-
-    The build time keeps a rerun for the same date from overwriting the version being served."""
-    return f"{as_of:%Y%m%d}-{(built or datetime.now()):%Y%m%dT%H%M%S}"
-
-
 @dataclass
 class JobContext:
+    """One job's run: the settings, the shared Spark session, the as-of date, the events and the
+    version being built. A new context per job, so `cache` lists only that job's frames."""
+
     settings: Settings
     spark: SparkSession
     as_of: date
     events_path: Path
     version: str
+    cached: list[DataFrame] = field(default_factory=list, repr=False)
 
     def events(self) -> DataFrame:
         """The canonical purchase events strictly before the as-of date (midnight UTC)."""
@@ -66,6 +71,17 @@ class JobContext:
             raise DataError(f"{self.events_path} lacks column(s) {', '.join(sorted(missing))}")
         return frame.where(F.col("timestamp") < F.lit(midnight_utc(self.as_of)))
 
+    def cache(self, frame: DataFrame) -> DataFrame:
+        """Cache a frame for the rest of the job; `BatchJob.run` unpersists it when the job ends,
+        whether it succeeded or failed (the session is shared with the jobs that run after it)."""
+        cached = frame.cache()
+        self.cached.append(cached)
+        return cached
+
+    def unpersist(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()
+        self.cached.clear()
 
     def no_events(self, purpose: str) -> JobError:
         """The error of a job given an as-of date before its events start (or an empty file)."""
@@ -85,18 +101,6 @@ class JobResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class BatchJob(ABC):
-    """One offline job; subclasses live one per module in `spark_jobs/`."""
-
-    name: ClassVar[str]
-    dataset: ClassVar[Dataset]
-    description: ClassVar[str]
-
-    @abstractmethod
-    def run(self, ctx: JobContext) -> JobResult:
-        """Build the whole new version, switch the pointer, prune old versions."""
-
-
 class Stopwatch:
     """Seconds per phase of a job, logged as each ends and reported in the job's details."""
 
@@ -106,10 +110,58 @@ class Stopwatch:
         self._last = time.perf_counter()
 
     def lap(self, phase: str) -> None:
+        """End `phase`: it lasted from the previous lap (or the start) until now."""
         now = time.perf_counter()
         self.phases[phase] = round(now - self._last, 2)
         self._last = now
         log.info("%s: %s done in %.1f s", self.job, phase, self.phases[phase])
+
+
+class BatchJob(ABC):
+    """One offline job; subclasses live one per module in `spark_jobs/` and implement `build`."""
+
+    name: ClassVar[str]
+    dataset: ClassVar[Dataset]
+    description: ClassVar[str]
+
+    @final
+    def run(self, ctx: JobContext) -> JobResult:
+        """Build the whole new version, switch the pointer, prune old versions; on a failure before the
+        switch, delete the partial version (a published one is never touched) and re-raise."""
+        ensure_new_version(ctx.settings, self.dataset, ctx.version)
+        watch = Stopwatch(self.name)
+        try:
+            result = self.build(ctx, watch)
+            result.previous_version = self.switch(ctx, result)
+            watch.lap("switch")
+        except BaseException as exc:
+            try:
+                self.discard(ctx)
+            except Exception as cleanup:  # the run's own error is what the caller must see
+                exc.add_note(f"also failed to delete the partial {self.dataset} version {ctx.version}: "
+                             f"{cleanup}")
+            raise
+        finally:
+            ctx.unpersist()
+        result.details["phase_seconds"] = watch.phases
+        return result
+
+    @abstractmethod
+    def build(self, ctx: JobContext, watch: Stopwatch) -> JobResult:
+        """Write the complete version `ctx.version` and check it is complete; return the result
+        (`previous_version` and `details["phase_seconds"]` are filled in by `run`). Lap `watch` at the
+        end of each phase; cache frames through `ctx.cache` so that `run` unpersists them."""
+
+    def switch(self, ctx: JobContext, result: JobResult) -> str | None:
+        """Make the built version current (Redis pointer, ZooKeeper) and prune old versions; returns
+        the version it replaced. Jobs writing more than Redis switch their other store here too."""
+        from finegrain.storage.datasets import switch_dataset
+
+        return switch_dataset(ctx.settings, self.dataset, ctx.version)
+
+    def discard(self, ctx: JobContext) -> None:
+        """Delete what a failed run wrote, unless the version was published (then it is kept)."""
+        fail_cleanly(ctx.settings, self.dataset, ctx.version)
 
 
 def verify_written(settings: Settings, keys: list[str]) -> None:
@@ -158,78 +210,3 @@ def fail_cleanly(settings: Settings, dataset: Dataset, version: str) -> None:
             versions.delete_version(dataset, version)
     finally:
         client.close()
-
-
-def registry() -> dict[str, str]:
-    """Job name -> "module:class", from `spark_jobs.JOBS` (imported lazily: listing needs no Spark)."""
-    from spark_jobs import JOBS
-
-    return JOBS
-
-
-def load_job(name: str) -> BatchJob:
-    module_name, class_name = registry()[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise JobError(f"the {name} job ({module_name}) cannot be imported: {exc}") from None
-    job: BatchJob = getattr(module, class_name)()
-    return job
-
-
-def run_jobs(
-    jobs: Sequence[BatchJob],
-    as_of: date,
-    events_path: Path | None = None,
-    settings: Settings | None = None,
-    spark: SparkSession | None = None,
-) -> list[JobResult]:
-    """Run jobs in order in one Spark session (a session costs about 10 s to start)."""
-    from finegrain.spark import spark_session
-
-    settings = settings or get_settings()
-    events_path = events_path or settings.data_dir / "retail" / "events.parquet"
-    session = spark or spark_session(settings, app_name="finegrain-" + "-".join(job.name for job in jobs))
-    version = check_version(version_for(as_of))
-    results = []
-    for job in jobs:
-        started = time.perf_counter()
-        result = job.run(JobContext(settings, session, as_of, events_path, version))
-        result.seconds = time.perf_counter() - started
-        results.append(result)
-    return results
-
-
-def job_main(jobs: Sequence[BatchJob], argv: Sequence[str] | None = None) -> int:
-    """Entry point of a job module under `spark-submit`: parse arguments, run, print the summary."""
-    from finegrain.console import console, fail, summary_table
-
-    parser = argparse.ArgumentParser(description="; ".join(job.description for job in jobs))
-    parser.add_argument(
-        "--as-of", required=True, help="Logical date of the run (YYYY-MM-DD); reads data before it."
-    )
-    parser.add_argument(
-        "--events", type=Path, default=None, help="Canonical events Parquet (default: loaded data)."
-    )
-    args = parser.parse_args(argv)
-    try:
-        results = run_jobs(jobs, parse_as_of(args.as_of), args.events)
-    except FinegrainError as exc:
-        return fail(str(exc)).exit_code
-    console.print(summary_table("Offline jobs", [result_row(r) for r in results], RESULT_COLUMNS))
-    return 0
-
-
-RESULT_COLUMNS = ["job", "dataset", "version", "rows in", "rows out", "seconds", "replaced"]
-
-
-def result_row(result: JobResult) -> tuple[Any, ...]:
-    return (
-        result.job,
-        str(result.dataset),
-        result.version,
-        result.rows_in,
-        result.rows_out,
-        round(result.seconds, 1),
-        result.previous_version or "-",
-    )
