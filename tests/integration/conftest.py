@@ -13,6 +13,7 @@ import pytest
 import redis
 from pyspark.sql import SparkSession
 
+from finegrain.data.layout import EVENTS_FILE
 from finegrain.data.retail import load_online_retail
 from finegrain.settings import Settings, get_settings
 from finegrain.spark import spark_session
@@ -46,11 +47,16 @@ def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
     )
     yield test_settings
     redis_client(test_settings).flushdb()
-    zk = zookeeper_client(test_settings)
-    zk.delete(test_settings.zookeeper_root, recursive=True)
+    drop_namespace(test_settings)
+
+
+def drop_namespace(settings: Settings) -> None:
+    """Delete a test's ZooKeeper root and Mongo database (its Redis database is flushed by its owner)."""
+    zk = zookeeper_client(settings)
+    zk.delete(settings.zookeeper_root, recursive=True)
     zk.stop()
-    client = mongo_client(test_settings)
-    client.drop_database(test_settings.mongo_database)
+    client = mongo_client(settings)
+    client.drop_database(settings.mongo_database)
     client.close()
 
 
@@ -71,6 +77,18 @@ def retail_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("retail")
     load_online_retail(get_settings().source_csv, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def events_path(retail_data: Path) -> Path:
+    """The real data set's canonical events."""
+    return retail_data / EVENTS_FILE
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> redis.Redis:
+    """A Redis client on the test session's own database."""
+    return redis_client(settings)
 
 
 @pytest.fixture(scope="session")

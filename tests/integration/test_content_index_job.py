@@ -15,7 +15,7 @@ from finegrain.features.catalog import COLOUR_AND_PATTERN_WORDS, OTHER_CATEGORY,
 from finegrain.features.text import description_terms
 from finegrain.schemas import ScoredItemList
 from finegrain.settings import Settings
-from finegrain.storage.clients import redis_client, zookeeper_client
+from finegrain.storage.clients import zookeeper_client
 from finegrain.storage.contract import Dataset, RedisKeys, ZkPaths
 from finegrain.storage.lists import read_list
 from finegrain.storage.redis_versions import RedisVersions
@@ -86,16 +86,6 @@ def all_lists(client: redis.Redis, version: str) -> dict[str, tuple[list[str], l
 def index_versions_in_redis(client: redis.Redis) -> set[str]:
     pattern = RedisKeys.versioned_prefix(Dataset.INDEX, "x")[:-2] + "*"
     return {bytes(k).decode().split(":")[2] for k in client.scan_iter(match=pattern, count=5000)}
-
-
-@pytest.fixture(scope="module")
-def client(settings: Settings) -> redis.Redis:
-    return redis_client(settings)
-
-
-@pytest.fixture(scope="module")
-def events_path(retail_data: Path) -> Path:
-    return retail_data / "events.parquet"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 from finegrain.features.catalog import OTHER_CATEGORY, categories
 from finegrain.schemas import ScoredItemList
 from finegrain.settings import Settings
-from finegrain.storage.clients import redis_client, zookeeper_client
+from finegrain.storage.clients import zookeeper_client
 from finegrain.storage.contract import Dataset, RedisKeys, ZkPaths
 from finegrain.storage.lists import read_list
 from finegrain.storage.redis_versions import RedisVersions
@@ -113,16 +113,6 @@ def mostpop_metrics(ranking: list[str], events: pd.DataFrame, split: date) -> di
             if k == 10:
                 sums["hr@10"] += bool(hits)
     return {name: total / len(targets) for name, total in sums.items()}
-
-
-@pytest.fixture(scope="module")
-def client(settings: Settings) -> redis.Redis:
-    return redis_client(settings)
-
-
-@pytest.fixture(scope="module")
-def events_path(retail_data: Path) -> Path:
-    return retail_data / "events.parquet"
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,11 @@ import pytest
 from finegrain.codecs import decode
 from finegrain.schemas import ModelManifest
 from finegrain.settings import Settings
-from finegrain.storage.clients import mongo_client, zookeeper_client
+from finegrain.storage.clients import zookeeper_client
 from finegrain.storage.contract import ZkPaths
 from models.registry import ModelRegistry
 from tests.integration.airflow_env import migrated_airflow_env
+from tests.integration.conftest import drop_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -129,12 +130,7 @@ def dag_settings(settings: Settings) -> Iterator[Settings]:
     own = settings.model_copy(update={"mongo_database": settings.mongo_database + "_retrain",
                                       "zookeeper_root": settings.zookeeper_root + "_retrain"})
     yield own
-    zk = zookeeper_client(own)
-    zk.delete(own.zookeeper_root, recursive=True)
-    zk.stop()
-    client = mongo_client(own)
-    client.drop_database(own.mongo_database)
-    client.close()
+    drop_namespace(own)
 
 
 def test_embeddings_branch_registers_and_publishes(dag_settings: Settings, retail_data: Path,
