@@ -5,6 +5,7 @@ from finegrain.schemas.events_pb2 import BehaviorEvent, DeadLetter, EventBatch, 
 from finegrain.schemas.items_pb2 import ItemFeatureMatrix, ItemFeatures
 from finegrain.schemas.models_pb2 import DataSnapshot, ModelManifest
 from finegrain.schemas.profiles_pb2 import (
+    ActionCounts,
     PurchaseHistory,
     RealtimeProfile,
     RecentAction,
@@ -14,6 +15,7 @@ from finegrain.schemas.profiles_pb2 import (
 from finegrain.schemas.recall_pb2 import ScoredItemList
 
 __all__ = [
+    "ActionCounts",
     "BehaviorEvent",
     "DataSnapshot",
     "DeadLetter",

@@ -25,15 +25,23 @@ _sym_db = _symbol_database.Default()
 from finegrain.schemas import events_pb2 as finegrain_dot_schemas_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finegrain/schemas/profiles.proto\x12\x0c\x66inegrain.v1\x1a\x1e\x66inegrain/schemas/events.proto\"J\n\x0bWindowStats\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\x12\x0f\n\x07\x62\x61skets\x18\x02 \x01(\x05\x12\r\n\x05lines\x18\x03 \x01(\x05\x12\r\n\x05spend\x18\x04 \x01(\x02\"d\n\x0fPurchaseHistory\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x14\n\x0ctimes_bought\x18\x02 \x03(\x05\x12\x17\n\x0flast_bought_day\x18\x03 \x03(\x05\x12\x10\n\x08quantity\x18\x04 \x03(\x02\"\xe9\x03\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x61s_of_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\x12\x16\n\x0epurchase_lines\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61skets\x18\x05 \x01(\x05\x12\x16\n\x0e\x64istinct_items\x18\x06 \x01(\x05\x12\x13\n\x0btotal_spend\x18\x07 \x01(\x02\x12\x18\n\x10\x61vg_basket_value\x18\x08 \x01(\x02\x12\x17\n\x0f\x61vg_basket_size\x18\t \x01(\x02\x12\x16\n\x0e\x61vg_item_price\x18\n \x01(\x02\x12 \n\x18\x64\x61ys_since_last_purchase\x18\x0b \x01(\x05\x12!\n\x19\x64\x61ys_since_first_purchase\x18\x0c \x01(\x05\x12*\n\x07windows\x18\r \x03(\x0b\x32\x19.finegrain.v1.WindowStats\x12\x17\n\x0fpreferred_terms\x18\x0e \x03(\t\x12\x1c\n\x14preferred_categories\x18\x0f \x03(\t\x12\x1c\n\x14preferred_price_band\x18\x10 \x01(\x05\x12.\n\x07history\x18\x11 \x01(\x0b\x32\x1d.finegrain.v1.PurchaseHistory\x12\x0f\n\x07version\x18\x12 \x01(\t\"\\\n\x0cRecentAction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.finegrain.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"\xf9\x01\n\x0fRealtimeProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nupdated_ms\x18\x02 \x01(\x03\x12*\n\x06recent\x18\x03 \x03(\x0b\x32\x1a.finegrain.v1.RecentAction\x12G\n\x0e\x63ounts_by_type\x18\x04 \x03(\x0b\x32/.finegrain.v1.RealtimeProfile.CountsByTypeEntry\x12\x17\n\x0fwindow_start_ms\x18\x05 \x01(\x03\x1a\x33\n\x11\x43ountsByTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finegrain/schemas/profiles.proto\x12\x0c\x66inegrain.v1\x1a\x1e\x66inegrain/schemas/events.proto\"J\n\x0bWindowStats\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\x12\x0f\n\x07\x62\x61skets\x18\x02 \x01(\x05\x12\r\n\x05lines\x18\x03 \x01(\x05\x12\r\n\x05spend\x18\x04 \x01(\x02\"d\n\x0fPurchaseHistory\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x14\n\x0ctimes_bought\x18\x02 \x03(\x05\x12\x17\n\x0flast_bought_day\x18\x03 \x03(\x05\x12\x10\n\x08quantity\x18\x04 \x03(\x02\"\xe9\x03\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x61s_of_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\x12\x16\n\x0epurchase_lines\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61skets\x18\x05 \x01(\x05\x12\x16\n\x0e\x64istinct_items\x18\x06 \x01(\x05\x12\x13\n\x0btotal_spend\x18\x07 \x01(\x02\x12\x18\n\x10\x61vg_basket_value\x18\x08 \x01(\x02\x12\x17\n\x0f\x61vg_basket_size\x18\t \x01(\x02\x12\x16\n\x0e\x61vg_item_price\x18\n \x01(\x02\x12 \n\x18\x64\x61ys_since_last_purchase\x18\x0b \x01(\x05\x12!\n\x19\x64\x61ys_since_first_purchase\x18\x0c \x01(\x05\x12*\n\x07windows\x18\r \x03(\x0b\x32\x19.finegrain.v1.WindowStats\x12\x17\n\x0fpreferred_terms\x18\x0e \x03(\t\x12\x1c\n\x14preferred_categories\x18\x0f \x03(\t\x12\x1c\n\x14preferred_price_band\x18\x10 \x01(\x05\x12.\n\x07history\x18\x11 \x01(\x0b\x32\x1d.finegrain.v1.PurchaseHistory\x12\x0f\n\x07version\x18\x12 \x01(\t\"\\\n\x0cRecentAction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.finegrain.v1.EventType\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"\x87\x01\n\x0c\x41\x63tionCounts\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x36\n\x06\x63ounts\x18\x02 \x03(\x0b\x32&.finegrain.v1.ActionCounts.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xda\x05\n\x0fRealtimeProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nupdated_ms\x18\x02 \x01(\x03\x12*\n\x06recent\x18\x03 \x03(\x0b\x32\x1a.finegrain.v1.RecentAction\x12G\n\x0e\x63ounts_by_type\x18\x04 \x03(\x0b\x32/.finegrain.v1.RealtimeProfile.CountsByTypeEntry\x12\x17\n\x0fwindow_start_ms\x18\x05 \x01(\x03\x12+\n\x07\x62uckets\x18\x06 \x03(\x0b\x32\x1a.finegrain.v1.ActionCounts\x12\x46\n\rterm_affinity\x18\x07 \x03(\x0b\x32/.finegrain.v1.RealtimeProfile.TermAffinityEntry\x12N\n\x11\x63\x61tegory_affinity\x18\x08 \x03(\x0b\x32\x33.finegrain.v1.RealtimeProfile.CategoryAffinityEntry\x12\x12\n\nsession_id\x18\t \x01(\t\x12\x15\n\rsession_items\x18\n \x03(\t\x12J\n\x0f\x61pplied_offsets\x18\x0b \x03(\x0b\x32\x31.finegrain.v1.RealtimeProfile.AppliedOffsetsEntry\x1a\x33\n\x11\x43ountsByTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x33\n\x11TermAffinityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a\x37\n\x15\x43\x61tegoryAffinityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a\x35\n\x13\x41ppliedOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finegrain.schemas.profiles_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ACTIONCOUNTS_COUNTSENTRY']._loaded_options = None
+  _globals['_ACTIONCOUNTS_COUNTSENTRY']._serialized_options = b'8\001'
   _globals['_REALTIMEPROFILE_COUNTSBYTYPEENTRY']._loaded_options = None
   _globals['_REALTIMEPROFILE_COUNTSBYTYPEENTRY']._serialized_options = b'8\001'
+  _globals['_REALTIMEPROFILE_TERMAFFINITYENTRY']._loaded_options = None
+  _globals['_REALTIMEPROFILE_TERMAFFINITYENTRY']._serialized_options = b'8\001'
+  _globals['_REALTIMEPROFILE_CATEGORYAFFINITYENTRY']._loaded_options = None
+  _globals['_REALTIMEPROFILE_CATEGORYAFFINITYENTRY']._serialized_options = b'8\001'
+  _globals['_REALTIMEPROFILE_APPLIEDOFFSETSENTRY']._loaded_options = None
+  _globals['_REALTIMEPROFILE_APPLIEDOFFSETSENTRY']._serialized_options = b'8\001'
   _globals['_WINDOWSTATS']._serialized_start=82
   _globals['_WINDOWSTATS']._serialized_end=156
   _globals['_PURCHASEHISTORY']._serialized_start=158
@@ -42,8 +50,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERPROFILE']._serialized_end=750
   _globals['_RECENTACTION']._serialized_start=752
   _globals['_RECENTACTION']._serialized_end=844
-  _globals['_REALTIMEPROFILE']._serialized_start=847
-  _globals['_REALTIMEPROFILE']._serialized_end=1096
-  _globals['_REALTIMEPROFILE_COUNTSBYTYPEENTRY']._serialized_start=1045
-  _globals['_REALTIMEPROFILE_COUNTSBYTYPEENTRY']._serialized_end=1096
+  _globals['_ACTIONCOUNTS']._serialized_start=847
+  _globals['_ACTIONCOUNTS']._serialized_end=982
+  _globals['_ACTIONCOUNTS_COUNTSENTRY']._serialized_start=937
+  _globals['_ACTIONCOUNTS_COUNTSENTRY']._serialized_end=982
+  _globals['_REALTIMEPROFILE']._serialized_start=985
+  _globals['_REALTIMEPROFILE']._serialized_end=1715
+  _globals['_REALTIMEPROFILE_COUNTSBYTYPEENTRY']._serialized_start=1499
+  _globals['_REALTIMEPROFILE_COUNTSBYTYPEENTRY']._serialized_end=1550
+  _globals['_REALTIMEPROFILE_TERMAFFINITYENTRY']._serialized_start=1552
+  _globals['_REALTIMEPROFILE_TERMAFFINITYENTRY']._serialized_end=1603
+  _globals['_REALTIMEPROFILE_CATEGORYAFFINITYENTRY']._serialized_start=1605
+  _globals['_REALTIMEPROFILE_CATEGORYAFFINITYENTRY']._serialized_end=1660
+  _globals['_REALTIMEPROFILE_APPLIEDOFFSETSENTRY']._serialized_start=1662
+  _globals['_REALTIMEPROFILE_APPLIEDOFFSETSENTRY']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)

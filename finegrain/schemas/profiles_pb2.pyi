@@ -81,9 +81,45 @@ class RecentAction(_message.Message):
     timestamp_ms: int
     def __init__(self, item_id: _Optional[str] = ..., type: _Optional[_Union[_events_pb2.EventType, str]] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
+class ActionCounts(_message.Message):
+    __slots__ = ("start_ms", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    start_ms: int
+    counts: _containers.ScalarMap[int, int]
+    def __init__(self, start_ms: _Optional[int] = ..., counts: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
 class RealtimeProfile(_message.Message):
-    __slots__ = ("user_id", "updated_ms", "recent", "counts_by_type", "window_start_ms")
+    __slots__ = ("user_id", "updated_ms", "recent", "counts_by_type", "window_start_ms", "buckets", "term_affinity", "category_affinity", "session_id", "session_items", "applied_offsets")
     class CountsByTypeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class TermAffinityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class CategoryAffinityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class AppliedOffsetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -95,9 +131,21 @@ class RealtimeProfile(_message.Message):
     RECENT_FIELD_NUMBER: _ClassVar[int]
     COUNTS_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    TERM_AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     updated_ms: int
     recent: _containers.RepeatedCompositeFieldContainer[RecentAction]
     counts_by_type: _containers.ScalarMap[int, int]
     window_start_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., updated_ms: _Optional[int] = ..., recent: _Optional[_Iterable[_Union[RecentAction, _Mapping]]] = ..., counts_by_type: _Optional[_Mapping[int, int]] = ..., window_start_ms: _Optional[int] = ...) -> None: ...
+    buckets: _containers.RepeatedCompositeFieldContainer[ActionCounts]
+    term_affinity: _containers.ScalarMap[str, float]
+    category_affinity: _containers.ScalarMap[str, float]
+    session_id: str
+    session_items: _containers.RepeatedScalarFieldContainer[str]
+    applied_offsets: _containers.ScalarMap[int, int]
+    def __init__(self, user_id: _Optional[str] = ..., updated_ms: _Optional[int] = ..., recent: _Optional[_Iterable[_Union[RecentAction, _Mapping]]] = ..., counts_by_type: _Optional[_Mapping[int, int]] = ..., window_start_ms: _Optional[int] = ..., buckets: _Optional[_Iterable[_Union[ActionCounts, _Mapping]]] = ..., term_affinity: _Optional[_Mapping[str, float]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., session_id: _Optional[str] = ..., session_items: _Optional[_Iterable[str]] = ..., applied_offsets: _Optional[_Mapping[int, int]] = ...) -> None: ...

@@ -9,12 +9,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from finegrain.schemas import EventType
+from finegrain.features.realtime import ACTION_WEIGHT
 from serving.channels.base import ChannelConfig, RecallChannel, Recalled, RecallRequest, top_k
 
-# A purchase says less about the next purchase than a cart add: the item is bought already.
-ACTION_WEIGHT = {EventType.VIEW: 1.0, EventType.CLICK: 1.5, EventType.ADD_TO_CART: 3.0,
-                 EventType.PURCHASE: 1.0}
 RECENCY_HALF_LIFE = 5.0  # actions: the 5th most recent counts half as much as the latest
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from finegrain.schemas import (
+    ActionCounts,
     BehaviorEvent,
     DataSnapshot,
     DeadLetter,
@@ -69,6 +70,13 @@ def examples() -> dict[str, Message]:
             updated_ms=FIRST_EVENT_MS,
             recent=[RecentAction(item_id="85048", type=EventType.VIEW, timestamp_ms=FIRST_EVENT_MS)],
             counts_by_type={4: 1, 1: 3},
+            window_start_ms=FIRST_EVENT_MS - 1_800_000,
+            buckets=[ActionCounts(start_ms=FIRST_EVENT_MS - 60_000, counts={1: 3, 4: 1})],
+            term_affinity={"christmas": 1.5},
+            category_affinity={"decoration": 0.75},
+            session_id="s-1",
+            session_items=["85048"],
+            applied_offsets={0: 41},
         ),
         "ItemFeatures": ItemFeatures(
             item_id="85048",
