@@ -12,11 +12,11 @@ from typing import Protocol
 
 import falcon
 
+from finegrain.events.schema import MAX_BODY_BYTES
 from serving.api.errors import ApiError, invalid, unavailable
 from serving.events.ingest import BATCHES, EventIngest
 from serving.events.parsing import JSON_MEDIA_TYPE, PROTOBUF_MEDIA_TYPES, BatchRejected, oversized
 from serving.events.producer import BrokerUnavailable
-from serving.events.schema import MAX_BODY_BYTES
 
 _READ_CHUNK = 64 * 1024
 

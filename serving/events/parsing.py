@@ -1,24 +1,22 @@
 """A posted body -> validated events: `parse_json_batch` for `{"events": [...]}`, `parse_protobuf_batch`
 for a `finegrain.v1.EventBatch`. Both check the body (size, syntax, count) and every event against
-`serving.events.schema`, and refuse the whole batch with a `BatchRejected` that names every bad field
+`finegrain.events` (the one definition of a valid event, which the streaming sidecar checks
+too), and refuse the whole batch with a `BatchRejected` that names every bad field
 (with a "did you mean" for a misspelt one) and carries the refused records as dead letters.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from google.protobuf.unknown_fields import UnknownFieldSet
-from pydantic import ValidationError
 
-from finegrain.schemas import BehaviorEvent, DeadLetter, EventBatch, EventContext, EventType
-from serving.events.schema import MAX_BODY_BYTES, MAX_EVENTS, TYPE_NAMES, EventContextIn, EventIn
+from finegrain.events.schema import MAX_BODY_BYTES, MAX_EVENTS
+from finegrain.events.validation import PROTO_RENAMES, proto_as_json, unknown_field_numbers, validate_event
+from finegrain.schemas import BehaviorEvent, DeadLetter, EventBatch
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +44,6 @@ class BatchRejected(Exception):
         self.dead_letters = dead_letters or []
 
 
-def _path(prefix: str, location: tuple[int | str, ...], renames: dict[str, str]) -> str:
-    path = prefix
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part != "[key]":
-            path += f".{renames.get(part, part)}" if path else renames.get(part, part)
-    return path
-
-
-_EVENT_FIELDS = list(EventIn.model_fields)
-_CONTEXT_FIELDS = list(EventContextIn.model_fields)
-
-
-def _message(error: Any) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        name = str(error["loc"][-1])
-        known = _CONTEXT_FIELDS if len(error["loc"]) > 1 else _EVENT_FIELDS
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
-        return f"unknown field {name!r}{hint}"
-    return str(error["msg"])
-
-
 @dataclass(frozen=True)
 class EventProblem:
     """Everything wrong with one event of a batch."""
@@ -80,39 +51,6 @@ class EventProblem:
     index: int
     errors: list[tuple[str, str]]  # (field path, message)
     payload: bytes
-
-
-def validate_event(raw: Any, index: int, now_ms: int, *,
-                   renames: dict[str, str] | None = None) -> BehaviorEvent | list[tuple[str, str]]:
-    """The event as a BehaviorEvent ready to produce, or its (field path, message) errors."""
-    prefix = f"events[{index}]"
-    if not isinstance(raw, dict):
-        return [(prefix, f"must be a JSON object, got {type(raw).__name__}")]
-    try:
-        event = EventIn.model_validate(raw, context={"now_ms": now_ms})
-    except ValidationError as exc:
-        # An unknown field is usually a typo of a known one, so its "did you mean" comes first.
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        return [(_path(prefix, tuple(e["loc"]), renames or {}), _message(e)) for e in errors]
-    return to_behavior_event(event, now_ms)
-
-
-def to_behavior_event(event: EventIn, now_ms: int) -> BehaviorEvent:
-    message = BehaviorEvent(
-        event_id=event.event_id or str(uuid.uuid4()),
-        user_id=event.user_id,
-        item_id=event.item_id,
-        type=TYPE_NAMES[event.type],  # type: ignore[arg-type]
-        quantity=event.quantity,
-        price=event.price,
-        timestamp_ms=event.timestamp if event.timestamp is not None else now_ms,
-    )
-    if event.context is not None:
-        c = event.context
-        message.context.CopyFrom(EventContext(
-            scene=c.scene or "", session_id=c.session_id or "", country=c.country or "",
-            device=c.device or "", request_id=c.request_id or "", extra=c.extra))
-    return message
 
 
 def _rejection(problems: list[EventProblem], total: int, received_ms: int, *,
@@ -192,37 +130,6 @@ def parse_json_batch(body: bytes, received_ms: int) -> list[BehaviorEvent]:
     return events
 
 
-_PROTO_RENAMES = {"timestamp": "timestamp_ms"}
-
-
-def _unknown_field_numbers(message: Any) -> list[int]:
-    fields = UnknownFieldSet(message)
-    return sorted({fields[i].field_number for i in range(len(fields))})
-
-
-def _proto_as_json(event: BehaviorEvent) -> dict[str, Any]:
-    """The protobuf event in the JSON shape, with proto3 zero values read as "not set"."""
-    raw: dict[str, Any] = {}
-    for name in ("user_id", "item_id", "event_id"):
-        if getattr(event, name):
-            raw[name] = getattr(event, name)
-    if event.type != EventType.EVENT_TYPE_UNSPECIFIED:
-        names = {number: name for name, number in TYPE_NAMES.items()}
-        raw["type"] = names.get(event.type, event.type)
-    if event.quantity:
-        raw["quantity"] = event.quantity
-    if event.price:
-        raw["price"] = event.price
-    if event.timestamp_ms:
-        raw["timestamp"] = event.timestamp_ms
-    if event.HasField("context"):
-        c = event.context
-        context: dict[str, Any] = {name: getattr(c, name) for name in _CONTEXT_FIELDS
-                                   if name != "extra" and getattr(c, name)}
-        if c.extra:
-            context["extra"] = dict(c.extra)
-        raw["context"] = context
-    return raw
 
 
 def parse_protobuf_batch(body: bytes, received_ms: int) -> list[BehaviorEvent]:
@@ -236,7 +143,7 @@ def parse_protobuf_batch(body: bytes, received_ms: int) -> list[BehaviorEvent]:
     except (DecodeError, ValueError) as exc:
         raise _body_rejection("body", f"malformed protobuf: not a finegrain.v1.EventBatch ({exc})",
                               body, received_ms) from None
-    unknown = _unknown_field_numbers(batch)
+    unknown = unknown_field_numbers(batch)
     if unknown:
         # Random bytes often parse as unknown fields rather than failing outright.
         raise _body_rejection("body", f"malformed protobuf: unknown EventBatch field number(s) {unknown}; "
@@ -246,12 +153,12 @@ def parse_protobuf_batch(body: bytes, received_ms: int) -> list[BehaviorEvent]:
     problems: list[EventProblem] = []
     for index, message in enumerate(batch.events):
         errors: list[tuple[str, str]] = []
-        unknown = _unknown_field_numbers(message) + (
-            _unknown_field_numbers(message.context) if message.HasField("context") else [])
+        unknown = unknown_field_numbers(message) + (
+            unknown_field_numbers(message.context) if message.HasField("context") else [])
         if unknown:
             errors.append((f"events[{index}]", f"unknown field number(s) {unknown} (is the client's schema "
                            "newer than the server's?)"))
-        result = validate_event(_proto_as_json(message), index, received_ms, renames=_PROTO_RENAMES)
+        result = validate_event(proto_as_json(message), index, received_ms, renames=PROTO_RENAMES)
         if isinstance(result, BehaviorEvent) and not errors:
             events.append(result)
         else:

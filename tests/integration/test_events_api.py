@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from finegrain.codecs import decode
+from finegrain.events.schema import MAX_BODY_BYTES, MAX_EVENTS
 from finegrain.schemas import BehaviorEvent, DeadLetter, EventBatch, EventContext, EventType
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics
@@ -27,7 +28,6 @@ from serving.api.events import EventsResource
 from serving.events.ingest import EventIngest
 from serving.events.parsing import SOURCE
 from serving.events.producer import EventProducer
-from serving.events.schema import MAX_BODY_BYTES, MAX_EVENTS
 from tests.integration.kafka_reader import TopicReader
 
 pytestmark = pytest.mark.integration

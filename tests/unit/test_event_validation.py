@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from finegrain.events.schema import MAX_BODY_BYTES, MAX_EVENTS
 from finegrain.schemas import BehaviorEvent, EventBatch, EventContext, EventType
 from serving.api.events import media_type, read_bounded
 from serving.events.parsing import (
@@ -20,7 +21,6 @@ from serving.events.parsing import (
     parse_json_batch,
     parse_protobuf_batch,
 )
-from serving.events.schema import MAX_BODY_BYTES, MAX_EVENTS
 
 NOW_MS = int(datetime(2026, 11, 27, 12, 0, tzinfo=UTC).timestamp() * 1000)
 DEC_1_2010_MS = 1291191960000  # 2010-12-01T08:26:00Z, the first invoice of the data
