@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.utils import StreamingQueryException
 
 from finegrain.settings import Settings
-from finegrain.storage.clients import ensure_topics, kafka_producer
+from finegrain.storage.clients import ensure_topics, kafka_admin, kafka_producer
 from spark_jobs.stream.kafka_source import (
     SCHEMA,
     SOURCE_NAME,
@@ -36,10 +36,14 @@ Row = tuple[int, int, int]  # partition, offset, value (the producer's sequence 
 
 
 @pytest.fixture
-def topic(settings: Settings) -> str:
+def topic(settings: Settings) -> Iterator[str]:
+    """A topic of the test's own, deleted afterwards (the broker keeps its records in memory)."""
     name = f"{settings.kafka_topic_prefix}.source_{uuid.uuid4().hex[:6]}"
     ensure_topics(settings, [name], partitions=PARTITIONS)
-    return name
+    yield name
+    admin = kafka_admin(settings)
+    for future in admin.delete_topics([name]).values():
+        future.result(10)
 
 
 @pytest.fixture
