@@ -4,6 +4,7 @@ short; a restart resuming from the checkpoint; the per-batch limit; the errors i
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,35 @@ def test_a_restart_reads_exactly_the_new_records_from_the_checkpoint(
     produce(settings, topic, 500, 10)
     fresh = read_stream(spark, settings, topic, starting_offsets="latest", builtin=False)
     assert run_available_now(fresh, tmp_path / "fresh") == []
+
+
+def test_a_running_query_picks_up_each_new_batch_of_records(
+    spark: SparkSession, settings: Settings, topic: str, tmp_path: Path
+) -> None:
+    """The sidecar's mode: a processing-time trigger over a topic written while the query runs (the
+    driver's cache of true end offsets must move with every new record batch)."""
+    rows: list[Row] = []
+
+    def collect(batch: DataFrame, batch_id: int) -> None:
+        rows.extend((r.partition, r.offset, int(r.value.decode())) for r in batch.collect())
+
+    stream = read_stream(spark, settings, topic, builtin=False).select("partition", "offset", "value")
+    query = (
+        stream.writeStream.foreachBatch(collect)
+        .option("checkpointLocation", str(tmp_path / "checkpoint"))
+        .trigger(processingTime="200 milliseconds")
+        .start()
+    )
+    try:
+        for first in (0, 150, 300):
+            produce(settings, topic, first, 150)
+            deadline = time.monotonic() + 30
+            while len(rows) < first + 150 and time.monotonic() < deadline and query.isActive:
+                time.sleep(0.1)
+            assert query.exception() is None
+            assert_exactly(list(rows), range(first + 150))
+    finally:
+        query.stop()
 
 
 def test_max_records_per_batch_is_respected(
