@@ -6,6 +6,7 @@ the same code with these variables set to the real clusters.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
     api_threads: int = Field(1, ge=1, description="Threads per API worker: 1 runs gunicorn's sync workers "
                              "(CPU-bound requests gain nothing from threads under the GIL), more gthread.")
+    event_archive: Path | None = Field(
+        None, description="Where the streaming sidecar appends every accepted event (Parquet by event "
+        "date); unset: <var dir>/data/archive.")
 
     @model_validator(mode="after")
     def _addresses_parse(self) -> Settings:
@@ -101,6 +105,25 @@ class Settings(BaseSettings):
     @property
     def catalog_path(self) -> Path:
         return self.retail_dir / CATALOG_FILE
+
+    @property
+    def event_archive_dir(self) -> Path:
+        """The streaming sidecar's event archive (`docs/storage.md`: the archive layout)."""
+        return self.event_archive if self.event_archive is not None else self.data_dir / "archive"
+
+    @property
+    def stream_dir(self) -> Path:
+        """The streaming sidecar's checkpoint, status file, PID file and log."""
+        return self.var_dir / "stream"
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment with every FINEGRAIN_* variable taken from these settings: what a
+        child process (the API, the sidecar) is started with, so it sees the same settings."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("FINEGRAIN_")}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"FINEGRAIN_{name.upper()}"] = str(value)
+        return env
 
     @property
     def stack_dir(self) -> Path:

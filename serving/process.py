@@ -19,15 +19,6 @@ from finegrain.settings import PROJECT_ROOT, Settings
 GUNICORN_CONF = PROJECT_ROOT / "serving" / "gunicorn_conf.py"
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The process environment with every FINEGRAIN_* variable taken from `settings`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FINEGRAIN_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"FINEGRAIN_{name.upper()}"] = str(value)
-    return env
-
-
 class ApiServer:
     """gunicorn serving `serving.wsgi:app` with `settings`; `start` returns once every worker is ready."""
 
@@ -48,7 +39,7 @@ class ApiServer:
         ready (a test of what it answers without its dependencies)."""
         self._check_port_free()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = settings_environment(self.settings)
+        env = self.settings.environment()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         gunicorn = Path(sys.executable).parent / "gunicorn"
         with self.log_path.open("ab") as log:
