@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from cli import api, bench, data, evaluate, jobs, models, settings_cmd, stack, stream
+from cli import api, bench, data, evaluate, jobs, models, replay, settings_cmd, stack, stream
 from finegrain.console import err_console
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(api.app, name="api")
 app.add_typer(stream.app, name="stream")
 app.add_typer(bench.app, name="bench")
+app.command("replay")(replay.replay)
 app.command("settings")(settings_cmd.show_settings)
 
 

@@ -106,9 +106,12 @@ def profile_as_of(user_id: str, actions: Iterable[Action], as_of_ms: int, items:
 
 
 def _fold_recent(out: RealtimeProfile, fresh: Sequence[Action], config: RealtimeConfig) -> None:
-    merged: list[tuple[int, str, int]] = [(a.timestamp_ms, a.item_id, int(a.type)) for a in out.recent]
+    # Oldest first: the stored ones (kept newest first), then the fresh ones in topic order. Among
+    # equal times (the lines of one basket) the one folded later counts as the newer.
+    merged: list[tuple[int, str, int]] = [(a.timestamp_ms, a.item_id, int(a.type))
+                                          for a in reversed(out.recent)]
     merged += [(a.timestamp_ms, a.item_id, a.type) for a in fresh]
-    merged.sort(key=lambda entry: entry[0], reverse=True)  # stable: among equal times, the later-folded last
+    merged = [entry for _, entry in sorted(enumerate(merged), key=lambda e: (e[1][0], e[0]), reverse=True)]
     del out.recent[:]
     out.recent.extend(RecentAction(item_id=item, type=cast(EventType, kind), timestamp_ms=ts)
                       for ts, item, kind in merged[:config.max_recent])

@@ -5,17 +5,22 @@ their reasons while the query goes on."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import falcon.testing
 import pytest
 import redis
 
 from finegrain.codecs import decode, encode
+from finegrain.data.replay import Replayer, replay_events, summarise
+from finegrain.data.retail import read_events
 from finegrain.schemas import BehaviorEvent, DeadLetter, EventType, RealtimeProfile
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics, kafka_producer
@@ -69,6 +74,26 @@ def api(stream_settings: Settings) -> Iterator[falcon.testing.TestClient]:
     install_error_handlers(app)
     app.add_route("/v1/events", EventsResource(ingest))
     yield falcon.testing.TestClient(app)
+    ingest.close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_api(stream_settings: Settings) -> Iterator[str]:
+    """The events resource behind a real HTTP server on loopback (what `finegrain replay` posts to)."""
+    ingest = EventIngest.from_settings(stream_settings, delivery_timeout_s=5.0)
+    app = falcon.App()
+    install_error_handlers(app)
+    app.add_route("/v1/events", EventsResource(ingest))
+    server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
     ingest.close()
 
 
@@ -172,6 +197,28 @@ def test_a_killed_sidecar_loses_nothing_and_counts_nothing_twice(
         stored = profile(client, user)
         assert stored is not None
         assert sum(stored.counts_by_type.values()) == expected[user], user
+
+
+def test_a_replayed_day_reaches_the_archive_and_the_profiles(
+        sidecar: SidecarProcess, stream_settings: Settings, http_api: str, retail_data: Path,
+        client: redis.Redis) -> None:
+    day = date(2010, 12, 1)
+    planned = replay_events(read_events(retail_data), day, date(2010, 12, 2))
+    replayer = Replayer(http_api, speed=0)
+    summary = replayer.post(planned, summarise(planned, day, date(2010, 12, 2)))
+    replayer.close()
+    assert summary.posted == len(planned) and summary.purchases > 1000 and summary.synthetic > 0
+    wait_for(lambda: all(v == 0 for v in (sidecar.status().get("lag") or {"?": 1}).values()), 120,
+             "the sidecar to fold the replayed day")
+    archived = read_archive(stream_settings.event_archive_dir).to_pandas()
+    replayed = archived[archived["event_id"].isin({e["event_id"] for e in planned})]
+    assert len(replayed) == len(planned)
+    assert set(replayed["timestamp"].dt.date.astype(str)) == {"2010-12-01"}
+    assert (replayed["event_type"] == "purchase").sum() == summary.purchases
+    last = planned[-1]
+    stored = profile(client, last["user_id"])
+    assert stored is not None and stored.recent[0].item_id == last["item_id"]
+    assert stored.updated_ms == max(e["timestamp"] for e in planned if e["user_id"] == last["user_id"])
 
 
 def test_status_reports_offsets_and_lag(sidecar: SidecarProcess, stream_settings: Settings) -> None:

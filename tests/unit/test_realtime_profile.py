@@ -31,6 +31,12 @@ def test_recent_actions_newest_first_and_bounded() -> None:
     assert profile.updated_ms == T0 + 3 * MINUTE_MS
 
 
+def test_among_equal_times_the_later_in_the_topic_is_the_newer() -> None:
+    basket = [act("a", BUY, 1, 0), act("b", BUY, 1, 1)]
+    profile = fold(fold(None, "u1", basket, ITEMS, CONFIG), "u1", [act("c", BUY, 1, 2)], ITEMS, CONFIG)
+    assert [r.item_id for r in profile.recent] == ["c", "b", "a"]
+
+
 def test_the_window_slides_with_event_time() -> None:
     profile = fold(None, "u1", [act("a", VIEW, 0, 0), act("b", VIEW, 0.5, 1),
                                 act("c", CLICK, 4, 2)], ITEMS, CONFIG)
