@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
     api_threads: int = Field(1, ge=1, description="Threads per API worker: 1 runs gunicorn's sync workers "
                              "(CPU-bound requests gain nothing from threads under the GIL), more gthread.")
+    stream_metrics_bind: str = Field(
+        "127.0.0.1:18091", description="host:port of the streaming sidecar's Prometheus /metrics (port 0: "
+        "any free port, written to its status file).")
     event_archive: Path | None = Field(
         None, description="Where the streaming sidecar appends every accepted event (Parquet by event "
         "date); unset: <var dir>/data/archive.")

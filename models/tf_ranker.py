@@ -49,8 +49,9 @@ SIGNATURE = "serving_default"
 METADATA_FILE = "finegrain_ranker.json"
 ARCHITECTURES = ("dcn", "wide_deep")
 # Skewness above which a non-negative column is read through log1p. On the real training rows 24 of
-# the 43 columns pass: spend, units, prices and basket counts (skew 3 to 80), the item-to-item scores
-# (8 to 11); day counts, ranks and the item popularity windows (below 1.7) stay linear.
+# the 43 columns of the time passed (measured before the real-time features): spend, units, prices and
+# basket counts (skew 3 to 80), the item-to-item scores (8 to 11); day counts, ranks and the item
+# popularity windows (below 1.7) stay linear.
 HEAVY_TAIL_SKEW = 2.0
 # A standardised value beyond this is an outlier the training rows barely saw: clipped so that one
 # absurd input (a bulk order of 80,000 units) cannot dominate the network's output.

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from finegrain.codecs import decode
 from finegrain.features.ranking import RECENT_ITEM_TO_ITEM, ranking_features
 from finegrain.recall.merge import MergedCandidates, merge
+from finegrain.recall.realtime import realtime_scores
 from finegrain.schemas import RealtimeProfile, UserProfile
 from finegrain.storage.contract import Dataset, RedisKeys
 from finegrain.storage.lists import EMPTY_LIST, RankedList
@@ -166,8 +167,8 @@ class Recommender:
         recalled = channel.recall(request, k)
         return recalled, time.perf_counter() - started
 
-    def _features(self, profile: UserProfile, data: DataSnapshot, merged: MergedCandidates,
-                  recalled: Mapping[str, Recalled]) -> np.ndarray:
+    def _features(self, profile: UserProfile, realtime: RealtimeProfile | None, data: DataSnapshot,
+                  merged: MergedCandidates, recalled: Mapping[str, Recalled]) -> np.ndarray:
         """The rankers' features of the merged candidates, with the candidate context training reads
         (`finegrain.training.candidates`): the same lists at the same depths."""
         i2i = recalled.get("item_to_item")
@@ -177,12 +178,13 @@ class Recommender:
         recent = shared if shared is not None else history_scores(
             profile.history, cosine, data.today, RECENT_ITEM_TO_ITEM, repeat=False)
         context = candidate_context(merged.item_ids, item_to_item, data.popular_list(MOST_POPULAR_LIST),
-                                    recent, cosine, CANDIDATES)
+                                    recent, realtime_scores(realtime, cosine), cosine, CANDIDATES)
         return ranking_features(profile, merged.item_ids, context.recall, data.items,
-                                candidate_count=context.candidate_count)
+                                candidate_count=context.candidate_count, realtime=realtime)
 
-    def _rank(self, scene: SceneConfig, models: ModelSet, profile: UserProfile | None, data: DataSnapshot,
-              merged: MergedCandidates, recalled: Mapping[str, Recalled], trace: Trace
+    def _rank(self, scene: SceneConfig, models: ModelSet, profile: UserProfile | None,
+              realtime: RealtimeProfile | None, data: DataSnapshot, merged: MergedCandidates,
+              recalled: Mapping[str, Recalled], trace: Trace
               ) -> tuple[Ranker | None, str | None, np.ndarray | None, np.ndarray]:
         """(ranker, its registry name if it ranked, the feature matrix, one score per candidate). Cold
         users, a missing ranker or a failing one keep the merge order (scores falling with position)."""
@@ -191,7 +193,7 @@ class Recommender:
         if name and ranker is None:
             trace.degrade(f"ranker: {name} not loaded, kept the recall order")
         if profile is not None and ranker is not None and len(merged):
-            features = self._features(profile, data, merged, recalled)
+            features = self._features(profile, realtime, data, merged, recalled)
             trace.stage("features")
             try:
                 scores = ranker.score(features, merged.item_ids)
@@ -239,8 +241,8 @@ class Recommender:
         trace.stage("merge")
         metrics.CANDIDATES.observe(len(merged))
 
-        ranker, ranker_used, features, scores = self._rank(scene_config, models, profile, data, merged,
-                                                           recalled, trace)
+        ranker, ranker_used, features, scores = self._rank(scene_config, models, profile, realtime, data,
+                                                           merged, recalled, trace)
         top = np.lexsort((np.arange(len(scores)), -scores))[:n]
 
         rule_names = self._rule_names(recalled.get("rule"))

@@ -63,7 +63,6 @@ import typer
 from finegrain.console import fail
 from finegrain.dates import as_of_ms, midnight_utc, parse_as_of
 from finegrain.errors import FinegrainError
-from finegrain.features.user import user_profiles
 from finegrain.settings import Settings, get_settings
 from finegrain.training.candidates import CandidateConfig
 from finegrain.training.training_set import (
@@ -73,6 +72,7 @@ from finegrain.training.training_set import (
     check_cutoffs,
     cutoff_users,
     rows_for_users,
+    user_inputs,
 )
 from models.training_set_io import (
     arrow_schema,
@@ -269,8 +269,8 @@ def partition_rows(batches: Iterator[pa.RecordBatch], shared: dict[str, CutoffIn
         labels = part.loc[part["is_label"].astype(bool), ["user_id", "item_id"]].drop_duplicates()
         group_of = part.drop_duplicates("user_id").set_index("user_id")["group"]
         users = sorted(group_of.index.astype(str))
-        profiles = {p.user_id: p for p in user_profiles(history, inputs.cutoff, inputs.lookup)}
-        built = rows_for_users(replace(inputs, profiles=profiles), users, labels, config)
+        profiles, realtime = user_inputs(history, inputs.cutoff, inputs.lookup)
+        built = rows_for_users(replace(inputs, profiles=profiles, realtime=realtime), users, labels, config)
         table = to_table(built)
         global_group = group_of.loc[users].to_numpy(np.int64)
         table = table.set_column(table.schema.get_field_index("group"), "group",

@@ -9,7 +9,9 @@ Inputs, all as of one instant (the profile's `as_of_ms`):
 - the user's `UserProfile` (scalars, windows, preferred categories / price band, purchase history);
 - an `ItemTable`: the numeric item vectors (`ITEM_FEATURE_NAMES`, what `ItemFeatureMatrix` blocks
   hold) and, when known, each item's category;
-- the recall scores of each candidate per channel (`RECALL_CHANNELS`; 0 = not recalled by it).
+- the recall scores of each candidate per channel (`RECALL_CHANNELS`; 0 = not recalled by it);
+- the user's `RealtimeProfile` when there is one (`finegrain.features.realtime`): online the streaming
+  sidecar's, offline the fold of the purchases before the cut-off (`realtime_profiles`).
 
 Point in time: an item table built after the profile's instant is refused (its popularity would
 count purchases the user had not made yet at that instant), and every user x item value is read
@@ -31,9 +33,10 @@ from finegrain.dates import DAY_MS
 from finegrain.features.item import ITEM_FEATURE_NAMES, item_feature_vector, matrix_rows
 from finegrain.features.user import USER_WINDOWS_DAYS
 from finegrain.recall.item_to_item import ItemToItemConfig, seed_weights
-from finegrain.schemas import ItemFeatureMatrix, ItemFeatures, UserProfile
+from finegrain.recall.realtime import own_action_weights
+from finegrain.schemas import ItemFeatureMatrix, ItemFeatures, RealtimeProfile, UserProfile
 
-RECALL_CHANNELS: tuple[str, ...] = ("item_to_item", "popularity", "item_to_item_recent")
+RECALL_CHANNELS: tuple[str, ...] = ("item_to_item", "popularity", "item_to_item_recent", "realtime")
 # The "recent" variant of the item-to-item channel: neighbours only, seeds on a short half-life, so it
 # says what goes with the user's last baskets (the main channel's 90 days say what goes with the year).
 RECENT_ITEM_TO_ITEM = ItemToItemConfig(half_life_days=14.0, self_weight=0.0)
@@ -46,6 +49,13 @@ _RECALL_FEATURES: tuple[str, ...] = (
     "recall_popularity",
     "recall_item_to_item_recent",
     "recall_channels",  # how many channels recalled the candidate
+    "recall_realtime",  # `finegrain.recall.realtime`: what goes with the user's latest actions
+)
+# From the real-time profile (`finegrain.features.realtime`): the streaming sidecar's online, the
+# purchases before the cut-off offline (a purchase log holds no views or carts).
+_REALTIME_FEATURES: tuple[str, ...] = (
+    "realtime_own_weight",  # the user's own latest actions on the candidate, weighted by type and recency
+    "realtime_category_affinity",  # the time-decayed weight of the candidate's category in the last actions
 )
 _USER_ITEM_FEATURES: tuple[str, ...] = (
     "bought_before",
@@ -75,7 +85,7 @@ _USER_FEATURES: tuple[str, ...] = (
 _ITEM_FEATURES: tuple[str, ...] = tuple(f"item_{name}" for name in ITEM_FEATURE_NAMES)
 
 RANKING_FEATURE_NAMES: tuple[str, ...] = (
-    _RECALL_FEATURES + _USER_ITEM_FEATURES + _USER_FEATURES + _ITEM_FEATURES)
+    _RECALL_FEATURES + _REALTIME_FEATURES + _USER_ITEM_FEATURES + _USER_FEATURES + _ITEM_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -149,8 +159,8 @@ class ItemTable:
 
 def ranking_features(profile: UserProfile, candidates: Sequence[str] | np.ndarray,
                      recall: Mapping[str, np.ndarray], items: ItemTable,
-                     config: ItemToItemConfig | None = None, candidate_count: int | None = None
-                     ) -> np.ndarray:
+                     config: ItemToItemConfig | None = None, candidate_count: int | None = None,
+                     realtime: RealtimeProfile | None = None) -> np.ndarray:
     """Candidates x `RANKING_FEATURE_NAMES` (float32) for one user.
 
     `recall[channel]` holds one score per candidate (0: the channel did not recall it); a channel of
@@ -158,7 +168,8 @@ def ranking_features(profile: UserProfile, candidates: Sequence[str] | np.ndarra
     (its half-life defines `seed_weight`). `candidate_count` is `user_candidates` when it is not the
     number of rows: training recalls from item-to-item and popular items only, serving from every
     channel, so serving passes the size of that same item-to-item + popular set to keep the feature's
-    meaning (and scale) what the model learnt."""
+    meaning (and scale) what the model learnt. `realtime` is the user's real-time profile at the same
+    instant (None: no recent action)."""
     if items.as_of_ms > profile.as_of_ms:
         raise ValueError(f"item features as of {items.as_of_ms} are newer than the profile "
                          f"({profile.as_of_ms}): they would leak later purchases into the features")
@@ -193,6 +204,8 @@ def ranking_features(profile: UserProfile, candidates: Sequence[str] | np.ndarra
     out[:, column["recall_popularity"]] = scores["popularity"]
     out[:, column["recall_item_to_item_recent"]] = scores["item_to_item_recent"]
     out[:, column["recall_channels"]] = sum((s > 0).astype(np.float32) for s in scores.values())
+    out[:, column["recall_realtime"]] = scores["realtime"]
+    out[:, column["realtime_own_weight"]] = own_action_weights(realtime, text_ids)
 
     # The user's own history with each candidate.
     today = profile.as_of_ms // DAY_MS
@@ -262,4 +275,7 @@ def ranking_features(profile: UserProfile, candidates: Sequence[str] | np.ndarra
         category = items.categories[np.maximum(rows, 0)]
         out[:, column["category_rank"]] = np.where(
             known, [preferred.get(str(c), 0) for c in category], np.nan)
+        affinity = dict(realtime.category_affinity) if realtime is not None else {}
+        out[:, column["realtime_category_affinity"]] = np.where(
+            known, [affinity.get(str(c), 0.0) for c in category], np.nan)
     return out

@@ -28,6 +28,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
+import pandas as pd
+
+from finegrain.dates import AsOf, as_of_ms
+from finegrain.features.history import epoch_ms
 from finegrain.features.user import ItemLookup
 from finegrain.schemas import ActionCounts, EventType, RealtimeProfile, RecentAction
 
@@ -188,3 +193,35 @@ def _fold_session(out: RealtimeProfile, fresh: Sequence[Action], config: Realtim
     out.session_id = session
     del out.session_items[:]
     out.session_items.extend(items[:config.max_session_items])
+
+
+# Actions older than this many half-lives before the newest one weigh under 1e-7 in the affinities:
+# `realtime_profiles` leaves them out (beyond the last `max_recent`), which keeps a wholesaler's years of
+# lines from costing a Python loop each at every training cut-off.
+NEGLIGIBLE_HALF_LIVES = 24
+
+
+def realtime_profiles(lines: pd.DataFrame, as_of: AsOf, items: ItemLookup | None, config: RealtimeConfig
+                      ) -> dict[str, RealtimeProfile]:
+    """The real-time profile every user of these purchase lines had at `as_of` (lines at or after it
+    are ignored): the point-in-time twin of what the sidecar keeps, for training sets. Purchases are the
+    only actions a purchase log holds, so offline profiles are made of purchases."""
+    cutoff = as_of_ms(as_of)
+    timestamps = epoch_ms(lines["timestamp"])
+    keep = timestamps < cutoff
+    users = lines["user_id"].to_numpy()[keep].astype(str)
+    item_ids = lines["item_id"].to_numpy()[keep].astype(str)
+    times = timestamps[keep]
+    horizon = max(config.window_ms, NEGLIGIBLE_HALF_LIVES * config.affinity_half_life_ms)
+    profiles: dict[str, RealtimeProfile] = {}
+    order = np.argsort(users, kind="stable")  # stable: each user's lines stay in the frame's order
+    boundaries = np.flatnonzero(users[order][1:] != users[order][:-1]) + 1
+    for group in np.split(order, boundaries):
+        if not len(group):
+            continue
+        newest = int(times[group].max())
+        recent_cut = np.sort(times[group])[-config.max_recent] if len(group) > config.max_recent else newest
+        chosen = group[(times[group] >= newest - horizon) | (times[group] >= recent_cut)]
+        actions = [Action(item_ids[i], int(EventType.PURCHASE), int(times[i])) for i in chosen]
+        profiles[str(users[group[0]])] = fold(None, str(users[group[0]]), actions, items, config)
+    return profiles

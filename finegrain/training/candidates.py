@@ -58,11 +58,12 @@ def training_candidates(item_to_item: RankedList, popular: RankedList, config: C
 
 
 def candidate_context(candidates: np.ndarray, item_to_item: RankedList, popular: RankedList,
-                      recent: np.ndarray, neighbours: NeighbourMatrix, config: CandidateConfig
-                      ) -> CandidateContext:
+                      recent: np.ndarray, realtime: np.ndarray, neighbours: NeighbourMatrix,
+                      config: CandidateConfig) -> CandidateContext:
     """The recall scores of `candidates`: item-to-item and popularity from those lists cut at their
-    depths (0 beyond), the recent item-to-item score from `recent` (one score per item of
-    `neighbours`, the cosine matrix), and the training candidate count of the same lists."""
+    depths (0 beyond), the recent item-to-item and the real-time scores from `recent` and `realtime`
+    (one score per item of `neighbours`, the cosine matrix), and the training candidate count of the
+    same lists."""
     position = pd.Index(np.asarray(candidates, dtype=object))
 
     def scored(listing: RankedList, depth: int) -> np.ndarray:
@@ -73,8 +74,10 @@ def candidate_context(candidates: np.ndarray, item_to_item: RankedList, popular:
         return values
 
     columns = neighbours.index(list(position))
-    recent_scores = np.where(columns >= 0, recent[np.maximum(columns, 0)], 0.0)
+    def per_item(values: np.ndarray) -> np.ndarray:
+        return np.where(columns >= 0, values[np.maximum(columns, 0)], 0.0)
+
     recall = {"item_to_item": scored(item_to_item, config.i2i_depth),
               "popularity": scored(popular, config.popular_depth),
-              "item_to_item_recent": recent_scores}
+              "item_to_item_recent": per_item(recent), "realtime": per_item(realtime)}
     return CandidateContext(recall, len(training_candidates(item_to_item, popular, config)))

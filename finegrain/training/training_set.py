@@ -42,13 +42,17 @@ from finegrain.features.catalog import item_attributes_as_of
 from finegrain.features.history import epoch_ms
 from finegrain.features.item import item_features
 from finegrain.features.ranking import RANKING_FEATURE_NAMES, RECENT_ITEM_TO_ITEM, ItemTable, ranking_features
+from finegrain.features.realtime import RealtimeConfig, realtime_profiles
 from finegrain.features.user import ItemLookup, user_profiles
 from finegrain.recall.item_to_item import NeighbourMatrix, score_users, seed_matrix
+from finegrain.recall.realtime import realtime_scores
 from finegrain.recall.similarity import SimilarityConfig, cosine_neighbours
-from finegrain.schemas import UserProfile
+from finegrain.schemas import RealtimeProfile, UserProfile
 from finegrain.storage.lists import RankedList
 from finegrain.training.candidates import CandidateConfig, candidate_context, training_candidates
 
+# The real-time profile's constants, the sidecar's defaults: offline profiles are folded the same way.
+REALTIME = RealtimeConfig()
 LABEL_DAYS = 30  # a candidate is a positive if the user buys it within this many days of the cut-off
 
 
@@ -86,6 +90,8 @@ class CutoffInputs:
     # What `user_profiles` needs about items as of the cut-off: kept so profiles can be built later,
     # elsewhere (the Spark builder builds them per partition of users).
     lookup: ItemLookup | None = None
+    # The real-time profile each user had at the cut-off (no entry: none).
+    realtime: dict[str, RealtimeProfile] = field(default_factory=dict)
 
     @classmethod
     def build(cls, history: pd.DataFrame, cutoff: date, users: Iterable[str] | None = None,
@@ -99,11 +105,20 @@ class CutoffInputs:
         table = ItemTable.from_features(item_features(history, cutoff, attributes))
         lookup = ItemLookup.from_attributes(attributes)
         lines = history if users is None else history[history["user_id"].isin(set(users))]
-        profiles = {p.user_id: p for p in user_profiles(lines, cutoff, lookup)}
+        profiles, realtime = user_inputs(lines, cutoff, lookup)
         buyers = history.groupby("item_id")["user_id"].nunique().reset_index()
         buyers = buyers.sort_values(["user_id", "item_id"], ascending=[False, True])
         return cls(cutoff, table, profiles, cosine_neighbours(history, similarity),
-                   buyers["item_id"].to_numpy(dtype=object), buyers["user_id"].to_numpy(np.float64), lookup)
+                   buyers["item_id"].to_numpy(dtype=object), buyers["user_id"].to_numpy(np.float64), lookup,
+                   realtime)
+
+
+def user_inputs(lines: pd.DataFrame, cutoff: date, lookup: ItemLookup
+                ) -> tuple[dict[str, UserProfile], dict[str, RealtimeProfile]]:
+    """The offline and the real-time profile of every user of these lines as of the cut-off: what both
+    builders compute per user (the pandas one for all users at once, the Spark one per partition)."""
+    profiles = {p.user_id: p for p in user_profiles(lines, cutoff, lookup)}
+    return profiles, realtime_profiles(lines, cutoff, lookup, REALTIME)
 
 
 @dataclass
@@ -178,7 +193,8 @@ def recall_candidates(inputs: CutoffInputs, users: Sequence[str], config: Candid
         item_to_item = RankedList(neighbours.item_ids[top[row][valid]].astype(str), top_scores[row][valid])
         ids = training_candidates(item_to_item, popular, config)
         recent_row = np.asarray(recent[row].toarray()).ravel()
-        context = candidate_context(ids, item_to_item, popular, recent_row, neighbours, config)
+        realtime = realtime_scores(inputs.realtime.get(users[row]), neighbours)
+        context = candidate_context(ids, item_to_item, popular, recent_row, realtime, neighbours, config)
         out.append((ids, context.recall))
     return out
 
@@ -190,7 +206,8 @@ def rows_for_users(inputs: CutoffInputs, users: Sequence[str], labels: pd.DataFr
     features, label_parts, item_parts, sizes, n_targets = [], [], [], [], []
     for user, (ids, recall) in zip(users, recall_candidates(inputs, users, config), strict=True):
         profile = inputs.profiles[user]
-        features.append(ranking_features(profile, ids, recall, inputs.items, config.item_to_item))
+        features.append(ranking_features(profile, ids, recall, inputs.items, config.item_to_item,
+                                         realtime=inputs.realtime.get(user)))
         targets = bought.get(user, set())
         label_parts.append(np.fromiter((i in targets for i in ids.tolist()), dtype=np.int8, count=len(ids)))
         item_parts.append(ids)

@@ -48,6 +48,7 @@ class Record:
     partition: int
     offset: int
     value: bytes
+    broker_ms: int = 0  # when the broker appended it (the producer's time): where freshness starts
 
 
 @dataclass
@@ -61,6 +62,7 @@ class BatchOutcome:
     archived: dict[str, int] = field(default_factory=dict)  # event date -> rows
     end_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last offset + 1
     newest_event_ms: int = 0
+    newest_broker_ms: int = 0
     seconds: float = 0.0
 
 
@@ -117,6 +119,7 @@ class BatchProcessor:
             outcome.records += 1
             outcome.end_offsets[record.partition] = max(outcome.end_offsets.get(record.partition, 0),
                                                         record.offset + 1)
+            outcome.newest_broker_ms = max(outcome.newest_broker_ms, record.broker_ms)
             event, reason, field_name = self._check(record, now_ms)
             if event is None:
                 self._dead_letter(record, reason, field_name, now_ms)

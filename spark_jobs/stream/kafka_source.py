@@ -49,7 +49,7 @@ from pyspark.sql.types import (
 )
 
 from finegrain.settings import Settings
-from finegrain.storage.clients import ensure_topics
+from finegrain.storage.clients import ensure_topics, kafka_consumer
 
 if TYPE_CHECKING:
     # confluent-kafka is imported inside the methods that use it (see KafkaStreamReader).
@@ -480,3 +480,17 @@ def read_stream(
         spark.dataSource.register(KafkaDataSource)
         source = SOURCE_NAME
     return spark.readStream.format(source).options(**options).load().select(*COLUMNS)
+
+
+def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The true end offset (last offset + 1) of each partition of a topic."""
+    from confluent_kafka import TopicPartition
+
+    consumer = kafka_consumer(settings, group_id=f"{settings.kafka_topic_prefix}.stream-status")
+    try:
+        partitions = topic_partitions(consumer, topic)
+        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                      for p in partitions}
+        return true_end_offsets(consumer, topic, watermarks)
+    finally:
+        consumer.close()

@@ -20,8 +20,8 @@ from typing import Any
 
 from finegrain.errors import FinegrainError
 from finegrain.settings import PROJECT_ROOT, Settings
-from finegrain.storage.clients import kafka_consumer
 from finegrain.storage.contract import KafkaTopics
+from spark_jobs.stream.kafka_source import topic_end_offsets
 from spark_jobs.stream.sidecar import SidecarConfig, read_status
 
 MODULE = "spark_jobs.stream.sidecar"
@@ -135,18 +135,3 @@ class SidecarProcess:
             time.sleep(0.1)
         return False
 
-
-def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """The true end offset (last offset + 1) of each partition of a topic."""
-    from confluent_kafka import TopicPartition
-
-    from spark_jobs.stream.kafka_source import topic_partitions, true_end_offsets
-
-    consumer = kafka_consumer(settings, group_id=f"{settings.kafka_topic_prefix}.stream-status")
-    try:
-        partitions = topic_partitions(consumer, topic)
-        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-                      for p in partitions}
-        return true_end_offsets(consumer, topic, watermarks)
-    finally:
-        consumer.close()

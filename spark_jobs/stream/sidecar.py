@@ -34,7 +34,9 @@ import typer
 from finegrain.features.realtime import RealtimeConfig
 from finegrain.settings import Settings, get_settings
 from finegrain.storage.contract import KafkaTopics
+from spark_jobs.stream import metrics
 from spark_jobs.stream.batch import BatchOutcome, BatchProcessor, Record
+from spark_jobs.stream.kafka_source import topic_end_offsets
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+LAG_INTERVAL_S = 5.0
 CHECKPOINT_FOLDER = "checkpoint"
 
 
@@ -96,10 +99,14 @@ class Sidecar:
         self.stopping.set()
 
     def run(self) -> None:
+        from pyspark.sql import functions as F
+
         from finegrain.spark import spark_session
         from spark_jobs.stream.kafka_source import read_stream
 
         settings = self.settings
+        host = settings.stream_metrics_bind.rpartition(":")[0] or "127.0.0.1"
+        self.status["metrics"] = f"http://{host}:{metrics.serve(settings)}/metrics"
         self._write_status()
         spark = spark_session(settings, app_name="finegrain-sidecar", shuffle_partitions=2)
         processor = BatchProcessor(settings, settings.event_archive_dir, self.config.realtime)
@@ -107,10 +114,11 @@ class Sidecar:
                             max_records_per_batch=self.config.max_records_per_batch)
 
         def each_batch(batch: DataFrame, batch_id: int) -> None:
-            table = batch.select("partition", "offset", "value").toArrow()
-            columns = table.to_pydict()
-            records = sorted((Record(int(p), int(o), bytes(v)) for p, o, v in
-                              zip(columns["partition"], columns["offset"], columns["value"], strict=True)),
+            table = batch.select("partition", "offset", "value",
+                                 F.unix_millis("timestamp").alias("broker_ms")).toArrow()
+            c = table.to_pydict()
+            records = sorted((Record(int(p), int(o), bytes(v), int(ms or 0)) for p, o, v, ms in
+                              zip(c["partition"], c["offset"], c["value"], c["broker_ms"], strict=True)),
                              key=lambda r: (r.partition, r.offset))
             self._record(processor.process(batch_id, records))
 
@@ -120,6 +128,7 @@ class Sidecar:
         self.status["state"] = "running"
         self._write_status()
         log.info("sidecar running: topic %s, checkpoint %s", self.status["topic"], self.status["checkpoint"])
+        threading.Thread(target=self._watch_lag, name="lag", daemon=True).start()
         try:
             while query.isActive and not self.stopping.is_set():
                 query.awaitTermination(1)
@@ -132,7 +141,29 @@ class Sidecar:
             self.status["state"] = "stopped"
             self._write_status()
 
+    def _watch_lag(self) -> None:
+        """Every few seconds, the lag behind the topic's true end per partition, for the metrics."""
+        while not self.stopping.wait(LAG_INTERVAL_S):
+            try:
+                ends = topic_end_offsets(self.settings, self.status["topic"])
+            except Exception as exc:  # the broker may be away for a while: the metric just goes stale
+                log.warning("lag unknown: %s", exc)
+                continue
+            done = self.status["offsets"]
+            for partition, end in ends.items():
+                metrics.LAG.labels(str(partition)).set(max(end - done.get(str(partition), 0), 0))
+
     def _record(self, outcome: BatchOutcome) -> None:
+        metrics.BATCHES.inc()
+        metrics.BATCH_SECONDS.observe(outcome.seconds)
+        for name, count in (("accepted", outcome.accepted), ("dead_letter", outcome.dead_letters),
+                            ("repeated", outcome.repeated)):
+            if count:
+                metrics.EVENTS.labels(name).inc(count)
+        if outcome.newest_broker_ms:
+            metrics.FRESHNESS.observe(max(time.time() - outcome.newest_broker_ms / 1000, 0.0))
+        if outcome.newest_event_ms:
+            metrics.NEWEST_EVENT.set(outcome.newest_event_ms / 1000)
         status = self.status
         status["batches"] += 1
         for name in ("records", "accepted", "dead_letters", "repeated"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import falcon.testing
+import httpx
 import pytest
 import redis
 
@@ -52,7 +53,7 @@ def stream_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory
     """The session's stores, with a var dir (checkpoint, status, archive) of this module's own and a
     topic prefix of its own, so the records it counts are only its own."""
     folder = tmp_path_factory.mktemp("stream")
-    own = settings.model_copy(update={"var_dir": folder,
+    own = settings.model_copy(update={"var_dir": folder, "stream_metrics_bind": "127.0.0.1:0",
                                       "kafka_topic_prefix": settings.kafka_topic_prefix + "s"})
     topics = KafkaTopics(own.kafka_topic_prefix)
     ensure_topics(own, [topics.events, topics.events_dead_letter])
@@ -221,8 +222,16 @@ def test_a_replayed_day_reaches_the_archive_and_the_profiles(
     assert stored.updated_ms == max(e["timestamp"] for e in planned if e["user_id"] == last["user_id"])
 
 
-def test_status_reports_offsets_and_lag(sidecar: SidecarProcess, stream_settings: Settings) -> None:
+def test_status_and_metrics_report_offsets_lag_and_events(sidecar: SidecarProcess) -> None:
     state = sidecar.status()
     assert state["running"] and state["state"] == "running"
     assert set(state["lag"]) == set(state["end_offsets"])
     assert Path(state["checkpoint"]).is_dir()
+    text = httpx.get(state["metrics"], timeout=5).text
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples['finegrain_stream_events_total{outcome="accepted"}'] > 0  # since the last start
+    assert 'finegrain_stream_batch_seconds_count' in samples
+    assert samples["finegrain_stream_freshness_seconds_count"] > 0
+    wait_for(lambda: "finegrain_stream_lag_records{" in httpx.get(state["metrics"], timeout=5).text, 15,
+             "the lag gauge")

@@ -17,6 +17,7 @@ POPULAR = RankedList(np.array(["b", "p", "q"], dtype=object), np.array([30.0, 20
 NEIGHBOURS = NeighbourMatrix.from_lists({}, ["a", "b", "c", "d", "e", "p", "q", "x"])
 # One recent score per item of the matrix, in its (sorted) id order: a b c d e p q x.
 RECENT = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+REALTIME = RECENT * 10
 
 
 def test_training_candidates_are_the_item_to_item_top_then_unseen_popular_items() -> None:
@@ -25,11 +26,12 @@ def test_training_candidates_are_the_item_to_item_top_then_unseen_popular_items(
 
 def test_scores_stop_at_each_lists_depth() -> None:
     context = candidate_context(np.array(["d", "a", "p", "q", "x"], dtype=object), I2I, POPULAR, RECENT,
-                                NEIGHBOURS, CONFIG)
+                                REALTIME, NEIGHBOURS, CONFIG)
     # "d" is recalled by item-to-item, but below the depth training reads; "q" is third in MostPop.
     np.testing.assert_array_equal(context.recall["item_to_item"], [0.0, 0.9, 0.0, 0.0, 0.0])
     np.testing.assert_array_equal(context.recall["popularity"], [0.0, 0.0, 20.0, 0.0, 0.0])
     np.testing.assert_array_equal(context.recall["item_to_item_recent"], [0.4, 0.1, 0.6, 0.7, 0.8])
+    np.testing.assert_array_equal(context.recall["realtime"], [4.0, 1.0, 6.0, 7.0, 8.0])
     assert context.candidate_count == 4  # a, b, c from item-to-item, p from MostPop
 
 
@@ -37,9 +39,9 @@ def test_serving_reads_a_training_groups_candidates_as_training_does() -> None:
     """Serving's merged set holds more items than a training group; on the group's items every
     recall score and the candidate count are the ones training computed."""
     group = training_candidates(I2I, POPULAR, CONFIG)
-    trained = candidate_context(group, I2I, POPULAR, RECENT, NEIGHBOURS, CONFIG)
+    trained = candidate_context(group, I2I, POPULAR, RECENT, REALTIME, NEIGHBOURS, CONFIG)
     merged = np.array(["x", "c", "e", "p", "a", "q", "b"], dtype=object)
-    served = candidate_context(merged, I2I, POPULAR, RECENT, NEIGHBOURS, CONFIG)
+    served = candidate_context(merged, I2I, POPULAR, RECENT, REALTIME, NEIGHBOURS, CONFIG)
     rows = [merged.tolist().index(item) for item in group.tolist()]
     for channel, values in trained.recall.items():
         np.testing.assert_array_equal(served.recall[channel][rows], values, err_msg=channel)
@@ -48,7 +50,8 @@ def test_serving_reads_a_training_groups_candidates_as_training_does() -> None:
 
 def test_no_item_to_item_list_leaves_the_popular_items() -> None:
     empty = RankedList(np.empty(0, dtype=object), np.empty(0))
-    context = candidate_context(np.array(["p"], dtype=object), empty, POPULAR, RECENT, NEIGHBOURS, CONFIG)
+    context = candidate_context(np.array(["p"], dtype=object), empty, POPULAR, RECENT, REALTIME, NEIGHBOURS,
+                                CONFIG)
     assert context.candidate_count == 2
     np.testing.assert_array_equal(context.recall["item_to_item"], [0.0])
     np.testing.assert_array_equal(context.recall["popularity"], [20.0])

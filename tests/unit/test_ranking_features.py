@@ -15,7 +15,15 @@ from finegrain.features.ranking import (
     ranking_features,
 )
 from finegrain.recall.item_to_item import ItemToItemConfig, seed_weights
-from finegrain.schemas import ItemFeatures, PurchaseHistory, UserProfile, WindowStats
+from finegrain.schemas import (
+    EventType,
+    ItemFeatures,
+    PurchaseHistory,
+    RealtimeProfile,
+    RecentAction,
+    UserProfile,
+    WindowStats,
+)
 
 TODAY = 14_900  # days since the epoch
 AS_OF_MS = TODAY * DAY_MS
@@ -174,3 +182,23 @@ def test_ranked_lists_and_metrics_of_scored_rows() -> None:
     assert figures["Recall@2"] == pytest.approx(0.25)
     assert figures["HR@2"] == pytest.approx(0.5)
     assert figures["NDCG@2"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)) / 2)
+
+
+def test_realtime_features_read_the_latest_actions() -> None:
+    realtime = RealtimeProfile(user_id="u1", updated_ms=AS_OF_MS - 1000,
+                               category_affinity={"mug": 2.5})
+    for item_id, kind, ago in (("b", EventType.ADD_TO_CART, 1000), ("c", EventType.VIEW, 2000),
+                               ("b", EventType.VIEW, 3000)):
+        realtime.recent.append(RecentAction(item_id=item_id, type=kind, timestamp_ms=AS_OF_MS - ago))
+    scores = {"realtime": np.array([4.0, 0.0, 1.0])}
+    matrix = ranking_features(profile(), ["b", "a", "c"], scores, ItemTable.from_features(ITEMS),
+                              realtime=realtime)
+    column = {name: i for i, name in enumerate(RANKING_FEATURE_NAMES)}
+    # A cart add (weight 3) as the latest action, a view (1) two actions back: 3 + 2^(-2/5).
+    assert matrix[0, column["realtime_own_weight"]] == pytest.approx(3.0 + 2 ** -0.4)
+    assert matrix[2, column["realtime_own_weight"]] == pytest.approx(2 ** -0.2)
+    assert matrix[1, column["realtime_own_weight"]] == 0.0
+    np.testing.assert_array_equal(matrix[:, column["realtime_category_affinity"]], [2.5, 0.0, 0.0])
+    np.testing.assert_array_equal(matrix[:, column["recall_realtime"]], [4.0, 0.0, 1.0])
+    without = ranking_features(profile(), ["b"], {}, ItemTable.from_features(ITEMS))
+    assert without[0, column["realtime_own_weight"]] == 0.0

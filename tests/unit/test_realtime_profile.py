@@ -3,9 +3,19 @@ the applied offsets that make a replayed micro-batch count nothing twice."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pandas as pd
 import pytest
 
-from finegrain.features.realtime import MINUTE_MS, Action, RealtimeConfig, fold, profile_as_of
+from finegrain.features.realtime import (
+    MINUTE_MS,
+    Action,
+    RealtimeConfig,
+    fold,
+    profile_as_of,
+    realtime_profiles,
+)
 from finegrain.features.user import ItemLookup
 from finegrain.schemas import EventType
 
@@ -104,3 +114,15 @@ def test_profile_as_of_sees_only_earlier_actions() -> None:
     assert profile_as_of("u1", actions, T0, ITEMS, CONFIG) is None
     before = profile_as_of("u1", actions, T0 + 5 * MINUTE_MS, ITEMS, CONFIG)
     assert before is not None and [r.item_id for r in before.recent] == ["a"]
+
+
+def test_offline_profiles_are_the_purchases_before_the_cut_off() -> None:
+    lines = pd.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u1"], "item_id": ["a", "b", "c", "c"],
+        "timestamp": pd.to_datetime([T0, T0 + MINUTE_MS, T0 + 2 * MINUTE_MS, T0 + 10 * MINUTE_MS], unit="ms",
+                                    utc=True)})
+    profiles = realtime_profiles(lines, datetime.fromtimestamp((T0 + 5 * MINUTE_MS) / 1000, tz=UTC), ITEMS,
+                                 CONFIG)
+    assert sorted(profiles) == ["u1", "u2"]
+    assert [(r.item_id, r.type) for r in profiles["u1"].recent] == [("b", BUY), ("a", BUY)]
+    assert profiles["u2"].updated_ms == T0 + 2 * MINUTE_MS
