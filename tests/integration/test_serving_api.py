@@ -15,16 +15,17 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+import redis
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from cli import api as api_cli
 from cli import app as cli
 from finegrain.codecs import decode, encode
-from finegrain.schemas import BehaviorEvent, EventType, ModelManifest
+from finegrain.schemas import BehaviorEvent, EventType, ModelManifest, RealtimeProfile, RecentAction
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics, zookeeper_client
-from finegrain.storage.contract import KafkaTopics, ZkPaths
+from finegrain.storage.contract import KafkaTopics, RedisKeys, ZkPaths
 from finegrain.storage.workers import worker_states
 from models.registry import ModelRegistry
 from serving.process import ApiServer
@@ -92,6 +93,29 @@ def test_known_user_gets_ranked_items_with_their_channels(deployment: ServingDep
     channels = Counter(channel for item in body["items"] for channel in item["channels"])
     assert channels["item_to_item"] > 0
     assert len({item["item_id"] for item in body["items"]}) == 10
+
+
+def test_a_real_time_profile_brings_its_items_and_their_features(deployment: ServingDeployment,
+                                                                 users: list[str], retail_data: Path) -> None:
+    """What the streaming sidecar writes changes the answer: a carted item the user never bought is
+    recalled by the real-time channel and scored with the real-time features."""
+    user = users[2]
+    events = pd.read_parquet(retail_data / "events.parquet", columns=["user_id", "item_id"])
+    bought = set(events.loc[events["user_id"] == user, "item_id"])
+    item = next(i for i in events["item_id"].value_counts().index if i not in bought)
+    realtime = RealtimeProfile(user_id=user, updated_ms=int(time.time() * 1000))
+    realtime.recent.append(RecentAction(item_id=item, type=EventType.ADD_TO_CART,
+                                        timestamp_ms=realtime.updated_ms))
+    key = RedisKeys.realtime_profile(user)
+    client = redis.Redis.from_url(deployment.settings.redis_url)
+    client.set(key, encode(realtime), ex=300)
+    try:
+        body = get(deployment, "/v1/recommendations", user_id=user, n=200, explain="true").json()
+    finally:
+        client.delete(key)
+    carted = [entry for entry in body["items"] if entry["item_id"] == item]
+    assert carted and "realtime" in carted[0]["channels"], [e["item_id"] for e in body["items"]][:20]
+    assert body["explain"]["channels"]["realtime"]["candidates"] > 0
 
 
 def test_unknown_user_gets_the_cold_start_path(deployment: ServingDeployment) -> None:
