@@ -188,7 +188,8 @@ def freshness(settings: Settings, rate: float, seconds: float, per_request: int)
     values = np.asarray(delays)
     lost = len(pending)
     return {"rate": rate, "events_per_request": per_request, "achieved_rate": round(achieved, 1),
-            "events": len(values) + lost, "not_seen": lost, "p50_ms": round(float(np.percentile(values, 50)) * 1000, 1),
+            "events": len(values) + lost, "not_seen": lost,
+            "p50_ms": round(float(np.percentile(values, 50)) * 1000, 1),
             "p95_ms": round(float(np.percentile(values, 95)) * 1000, 1),
             "p99_ms": round(float(np.percentile(values, 99)) * 1000, 1),
             "max_ms": round(float(values.max()) * 1000, 1), "delays_s": values}
