@@ -7,7 +7,8 @@ freshness from `POST /v1/events` returning to the profile in Redis reflecting th
 2. Freshness: events are posted to the events resource over HTTP at a steady `--rate` for `--seconds`
    (`--per-request` events a POST, 4 posting threads, a threaded server), each event for a user of
    its own; a poller reads the profiles every 5 ms and records when each first appears, counted from
-   the moment its POST returned. p50 / p95 / p99, and a histogram PNG.
+   the moment its POST returned, after `--warmup` seconds at the rate that are not measured (the
+   first micro-batches start Spark's Python workers). p50 / p95 / p99, and a histogram PNG.
 
 Runs in a namespace of its own (Redis database `--redis-db`, flushed before and after; a fresh topic
 prefix; a temporary var dir for the checkpoint and archive), so a running demo is not disturbed.
@@ -115,7 +116,8 @@ def throughput(settings: Settings, events: int, users: int) -> dict[str, Any]:
             "dead_letters": status.get("dead_letters")}
 
 
-def freshness(settings: Settings, rate: float, seconds: float, per_request: int) -> dict[str, Any]:
+def freshness(settings: Settings, rate: float, seconds: float, per_request: int, warmup_s: float
+              ) -> dict[str, Any]:
     topics = KafkaTopics(settings.kafka_topic_prefix)
     ensure_topics(settings, [topics.events, topics.events_dead_letter])
     process = SidecarProcess(settings, SidecarConfig(trigger_ms=100, max_records_per_batch=50_000))
@@ -156,29 +158,40 @@ def freshness(settings: Settings, rate: float, seconds: float, per_request: int)
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         http.post(url, json={"events": [{"user_id": warm, "item_id": "85048", "type": "view"}]})
         wait_until(lambda: client.exists(RedisKeys.realtime_profile(warm)), 120, "the warm-up event")
-    count = int(rate * seconds)
-    begin = time.monotonic()
 
-    def post(first: int) -> None:
-        # Each poster sends every POSTERS-th request on schedule: a POST waits for the broker's
-        # acknowledgement (about 10 ms here), so one synchronous client cannot keep the rate alone.
-        with httpx.Client(timeout=10) as http:
-            for n in range(first, count // per_request, POSTERS):
-                if (wait := begin + n * per_request / rate - time.monotonic()) > 0:
-                    time.sleep(wait)
-                users = [f"fr-{uuid.uuid4().hex[:10]}" for _ in range(per_request)]
-                body = {"events": [{"user_id": user, "item_id": "85048", "type": "view"} for user in users]}
-                http.post(url, json=body).raise_for_status()
-                returned = time.monotonic()
-                with lock:
-                    pending.update(dict.fromkeys(users, returned))
+    def phase(length_s: float) -> float:
+        """Post at the rate for `length_s` seconds; returns the rate achieved."""
+        count = int(rate * length_s)
+        begin = time.monotonic()
 
-    posters = [threading.Thread(target=post, args=(first,)) for first in range(POSTERS)]
-    for thread in posters:
-        thread.start()
-    for thread in posters:
-        thread.join()
-    achieved = count / (time.monotonic() - begin)
+        def post(first: int) -> None:
+            # Each poster sends every POSTERS-th request on schedule: a POST waits for the broker's
+            # acknowledgement (about 10 ms here), so one synchronous client cannot keep the rate alone.
+            with httpx.Client(timeout=10) as http:
+                for n in range(first, count // per_request, POSTERS):
+                    if (wait := begin + n * per_request / rate - time.monotonic()) > 0:
+                        time.sleep(wait)
+                    users = [f"fr-{uuid.uuid4().hex[:10]}" for _ in range(per_request)]
+                    body = {"events": [{"user_id": u, "item_id": "85048", "type": "view"} for u in users]}
+                    http.post(url, json=body).raise_for_status()
+                    returned = time.monotonic()
+                    with lock:
+                        pending.update(dict.fromkeys(users, returned))
+
+        posters = [threading.Thread(target=post, args=(first,)) for first in range(POSTERS)]
+        for thread in posters:
+            thread.start()
+        for thread in posters:
+            thread.join()
+        return count / (time.monotonic() - begin)
+
+    # Warm-up at the rate: the query's first micro-batches start Spark's Python workers and take
+    # seconds each; what is measured is the steady state after them.
+    phase(warmup_s)
+    wait_until(lambda: not pending, 60, "the warm-up events")
+    with lock:
+        delays.clear()
+    achieved = phase(seconds)
     stop_deadline = time.monotonic() + 30
     stop.set()
     poller.join(40)
@@ -187,7 +200,8 @@ def freshness(settings: Settings, rate: float, seconds: float, per_request: int)
     process.stop()
     values = np.asarray(delays)
     lost = len(pending)
-    return {"rate": rate, "events_per_request": per_request, "achieved_rate": round(achieved, 1),
+    return {"rate": rate, "events_per_request": per_request, "warmup_s": warmup_s,
+            "achieved_rate": round(achieved, 1),
             "events": len(values) + lost, "not_seen": lost,
             "p50_ms": round(float(np.percentile(values, 50)) * 1000, 1),
             "p95_ms": round(float(np.percentile(values, 95)) * 1000, 1),
@@ -222,6 +236,9 @@ def main(
     rate: Annotated[float, typer.Option(help="Events per second of the freshness run.")] = 200.0,
     seconds: Annotated[float, typer.Option(help="Length of the freshness run.")] = 30.0,
     per_request: Annotated[int, typer.Option(help="Events per POST of the freshness run.")] = 4,
+    warmup: Annotated[float, typer.Option(
+        help="Seconds posted at the rate before the freshness run is measured (the first micro-batches "
+        "start Spark's workers).")] = 10.0,
     redis_db: Annotated[int, typer.Option(help="Redis database of the run (flushed before and after).")] = 2,
     out: Annotated[Path, typer.Option(help="Folder of the histogram PNG.")] = DEFAULT_OUT,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the figures as one JSON line.")] = False,
@@ -237,7 +254,7 @@ def main(
             console.print(f"freshness: {rate:g} events/s for {seconds:g} s through HTTP ...")
             fresh_settings = settings.model_copy(update={
                 "kafka_topic_prefix": settings.kafka_topic_prefix + "f", "var_dir": Path(folder) / "fresh"})
-            fresh = freshness(fresh_settings, rate, seconds, per_request)
+            fresh = freshness(fresh_settings, rate, seconds, per_request, warmup)
         finally:
             redis_client(settings).flushdb()
     delays = fresh.pop("delays_s")

@@ -24,6 +24,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,11 +41,13 @@ from spark_jobs.stream.kafka_source import topic_end_offsets
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+    from pyspark.sql.streaming.listener import StreamingQueryProgress
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 LAG_INTERVAL_S = 5.0
+SLOW_TRIGGER_MS = 1000
 CHECKPOINT_FOLDER = "checkpoint"
 
 
@@ -130,8 +133,10 @@ class Sidecar:
         log.info("sidecar running: topic %s, checkpoint %s", self.status["topic"], self.status["checkpoint"])
         threading.Thread(target=self._watch_lag, name="lag", daemon=True).start()
         try:
+            reported = -1
             while query.isActive and not self.stopping.is_set():
                 query.awaitTermination(1)
+                reported = self._report_slow_triggers(query.recentProgress, reported)
             failure = query.exception()
             if failure is not None:
                 raise RuntimeError(f"the sidecar's query failed: {failure}")
@@ -140,6 +145,19 @@ class Sidecar:
             processor.close()
             self.status["state"] = "stopped"
             self._write_status()
+
+    def _report_slow_triggers(self, progress: Sequence[StreamingQueryProgress], reported: int) -> int:
+        """Log the phases of every trigger slower than `SLOW_TRIGGER_MS` (Spark's own durations: the
+        source's offsets, planning, the batch, the checkpoint writes); returns the last batch seen."""
+        for entry in progress:
+            batch = int(entry.batchId)
+            if batch <= reported:
+                continue
+            reported = batch
+            durations = dict(entry.durationMs or {})
+            if durations.get("triggerExecution", 0) > SLOW_TRIGGER_MS:
+                log.warning("slow trigger, batch %d: %s", batch, json.dumps(durations, sort_keys=True))
+        return reported
 
     def _watch_lag(self) -> None:
         """Every few seconds, the lag behind the topic's true end per partition, for the metrics."""
