@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -87,6 +88,10 @@ class RuleStore:
         self.reloads = 0
         self._polling = False
         self._writes = 0  # local PUTs and DELETEs, so a reload that raced one is not installed
+        # A fork while the watch thread holds the lock (a reload in progress) would leave the child's
+        # copy locked for ever: the child starts with a fresh lock (its copy reloads anyway).
+        owner = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _fresh_lock(owner))
 
     # -- reads (memory only) --
 
@@ -261,3 +266,9 @@ def _change_count(data: bytes | None) -> int:
         return int(json.loads(data or b"{}").get("changes", 0))
     except (ValueError, AttributeError, TypeError):
         return 0  # not ours (hand-edited): restart the count, the bump itself still wakes every watcher
+
+
+def _fresh_lock(owner: weakref.ref[RuleStore]) -> None:
+    store = owner()
+    if store is not None:
+        store._lock = threading.RLock()
