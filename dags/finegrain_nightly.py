@@ -31,7 +31,7 @@ with DAG(
     dag_id="finegrain_nightly",
     description="Load the raw data and rebuild features, content indexes, item similarity and popularity.",
     schedule="0 2 * * *",
-    start_date=pendulum.datetime(2009, 12, 1, tz="UTC"),  # the data starts here; backfills may too
+    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),  # any past date; backfills name their own dates
     catchup=False,
     max_active_runs=1,  # two builds of one dataset at once would race for its pointer
     default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=5)},

@@ -38,13 +38,10 @@ from finegrain_deployment import EVENTS, VAR_DIR, finegrain_command, spark_submi
 
 RANKERS = {"ranker_xgboost": "xgboost", "ranker_tf": "tf"}
 MODELS = (*RANKERS, "embeddings_als")
-# The README protocol's split: rankers and embeddings are evaluated on the 30 days after it, so
-# training on data before it is what makes their metrics (and gates) honest.
-DEFAULT_AS_OF = "2010-11-10"
-
-AS_OF = "{{ params.as_of }}"
+# Empty `as_of`: the run's logical date. Training reads the data before it.
+AS_OF = "{{ params.as_of or ds }}"
 # Run ids hold ':' and '+' (manual__2026-11-27T10:00:00+00:00): fine in a path, awkward in a shell.
-TRAINING_SET = (VAR_DIR + "/training_sets/retrain/{{ params.as_of }}-"
+TRAINING_SET = (VAR_DIR + "/training_sets/retrain/{{ params.as_of or ds }}-"
                 "{{ run_id | replace(':', '') | replace('+', '_') }}")
 
 
@@ -62,13 +59,14 @@ with DAG(
     dag_id="finegrain_retrain",
     description="Retrain one model (ranker or embeddings), register it, publish it behind its gate.",
     schedule=None,
-    start_date=pendulum.datetime(2009, 12, 1, tz="UTC"),
+    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),  # any past date: runs are triggered by hand
     catchup=False,
     max_active_runs=1,  # two publications of one model at once would race for its znode
     params={
         "model": Param("ranker_xgboost", type="string", enum=list(MODELS), description="Model to retrain."),
-        "as_of": Param(DEFAULT_AS_OF, type="string", pattern=r"^\d{4}-\d{2}-\d{2}$",
-                       description="As-of date YYYY-MM-DD: training data ends before it."),
+        "as_of": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                       description="As-of date YYYY-MM-DD: training data ends before it; empty: the "
+                       "run's logical date."),
         "events": Param("", type="string",
                         description="Canonical events Parquet; empty: the loaded data."),
     },

@@ -42,7 +42,7 @@ from finegrain.evaluation.protocol import SPLIT_DATE, EvaluationSplit, build_spl
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
 from finegrain.settings import get_settings
-from finegrain.training.training_set import LABEL_DAYS, TrainingSet
+from finegrain.training.training_set import LABEL_DAYS, TrainingSet, train_cutoffs, validation_cutoff
 from models.training_set import build_cutoff, build_training_set
 from models.xgboost_ranker import (
     OBJECTIVES,
@@ -57,9 +57,11 @@ from models.xgboost_ranker import (
 if TYPE_CHECKING:  # TensorFlow takes seconds to import: only the TF paths load it
     from models.tf_ranker import TFRanker, TFRankerConfig
 
-VALID_CUTOFF = date(2010, 10, 11)
-VALID_TRAIN_CUTOFFS = (date(2010, 7, 13), date(2010, 8, 12), date(2010, 9, 11))
-TRAIN_CUTOFFS = (date(2010, 8, 12), date(2010, 9, 11), date(2010, 10, 11))
+# Derived from the README protocol's split date, as for any as-of date: the final model trains on the
+# three cut-offs before it, the objective is chosen on the cut-off one label window earlier.
+VALID_CUTOFF = validation_cutoff(SPLIT_DATE)
+VALID_TRAIN_CUTOFFS = train_cutoffs(VALID_CUTOFF)
+TRAIN_CUTOFFS = train_cutoffs(SPLIT_DATE)
 KS = (10, 20)
 DEPTH = 20
 REFERENCE = {f"{name} (README)": figures for name, figures in README_REFERENCE["standard"].items()}

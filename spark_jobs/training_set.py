@@ -8,8 +8,8 @@ the per-user work spread over Spark partitions.
 Output: a training set as `models.training_set_io` reads it (Parquet part files plus
 `_manifest.json`), by default under `{var_dir}/training_sets/{as_of}-{build time}`.
 
-How the work is laid out, per cut-off c (default cut-offs: `models.evaluate_rankers.TRAIN_CUTOFFS`,
-each label window must end by the as-of date):
+How the work is laid out, per cut-off c (default cut-offs: `train_cutoffs(as_of)` of
+`finegrain.training.training_set`; each label window must end by the as-of date):
 1. The driver builds what serving would hold as of c and what every user shares: the item table,
    the item lookup, the cosine neighbour matrix and the MostPop list (`CutoffInputs.build` with no
    user), and picks the users (`cutoff_users`, the same draw as the pandas builder). These need the
@@ -72,6 +72,7 @@ from finegrain.training.training_set import (
     check_cutoffs,
     cutoff_users,
     rows_for_users,
+    train_cutoffs,
     user_inputs,
 )
 from models.training_set_io import (
@@ -113,12 +114,6 @@ class TrainingSetBuild:
     groups: int
     manifest: dict[str, Any]
     seconds: float
-
-
-def default_cutoffs() -> tuple[date, ...]:
-    from models.evaluate_rankers import TRAIN_CUTOFFS
-
-    return tuple(TRAIN_CUTOFFS)
 
 
 def default_out(settings: Settings, as_of: date, built: datetime | None = None) -> Path:
@@ -295,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             show_default=False)] = None,
         cutoffs: Annotated[str | None, typer.Option(
             "--cutoffs", help="Comma-separated cut-off dates "
-            "(default: models.evaluate_rankers.TRAIN_CUTOFFS).",
+            "(default: three, 30 days apart, the last 30 days before --as-of).",
             show_default=False)] = None,
         max_users: Annotated[int | None, typer.Option("--max-users", help="Users drawn per cut-off (quick "
                                                       "runs).", show_default=False)] = None,
@@ -307,8 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             as_of_date = parse_as_of(as_of)
             request = TrainingSetRequest(
                 as_of=as_of_date,
-                cutoffs=checked_cutoffs(parse_cutoffs(cutoffs) if cutoffs else default_cutoffs(), as_of_date,
-                                        label_days),
+                cutoffs=checked_cutoffs(parse_cutoffs(cutoffs) if cutoffs else train_cutoffs(as_of_date),
+                                        as_of_date, label_days),
                 out=out or default_out(settings, as_of_date),
                 events_path=events or settings.events_path,
                 max_users=max_users, label_days=label_days)

@@ -233,6 +233,17 @@ def cutoff_users(point: PointInTime, max_users: int | None = None, seed: int = 0
     return users
 
 
+def train_cutoffs(as_of: date, count: int = 3, spacing_days: int = LABEL_DAYS) -> tuple[date, ...]:
+    """The default training cut-offs of a model as of `as_of`: `count` of them, `spacing_days` apart,
+    the last one label window before `as_of` (so every label window ends by it), oldest first."""
+    return tuple(as_of - timedelta(days=spacing_days * k) for k in range(count, 0, -1))
+
+
+def validation_cutoff(as_of: date) -> date:
+    """The cut-off a model as of `as_of` is validated on: one label window before it."""
+    return as_of - timedelta(days=LABEL_DAYS)
+
+
 def check_cutoffs(cutoffs: Iterable[date], as_of: date, label_days: int = LABEL_DAYS) -> list[date]:
     """The cut-offs sorted, refused if none or if a label window runs past the as-of date."""
     dates = sorted(cutoffs)
