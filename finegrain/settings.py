@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     event_archive: Path | None = Field(
         None, description="Where the streaming sidecar appends every accepted event (Parquet by event "
         "date); unset: <var dir>/data/archive.")
+    airflow_port: int = Field(
+        18280, ge=1, le=65535, description="Port of the local Airflow's api-server (the UI and the "
+        "execution API its tasks report to), always bound to 127.0.0.1.")
+    airflow_home: Path | None = Field(
+        None, description="AIRFLOW_HOME of the local Airflow: its config, SQLite metadata, logs, PID files "
+        "and UI password; unset: <var dir>/airflow.")
+    # Airflow reads its users as `name:role[,name:role]`, so a name holding ':' or ',' would be two.
+    airflow_user: str = Field(
+        "admin", pattern=r"^[A-Za-z0-9_.@-]+$", description="The local Airflow UI's user (role admin); "
+        "its password is generated on the first `finegrain airflow up`, kept (mode 0600) in the Airflow "
+        "home and printed by `up` and `status`.")
 
     @model_validator(mode="after")
     def _addresses_parse(self) -> Settings:
@@ -113,6 +124,11 @@ class Settings(BaseSettings):
     def event_archive_dir(self) -> Path:
         """The streaming sidecar's event archive (`docs/storage.md`: the archive layout)."""
         return self.event_archive if self.event_archive is not None else self.data_dir / "archive"
+
+    @property
+    def airflow_dir(self) -> Path:
+        """The local Airflow's home (`finegrain.stack.airflow`)."""
+        return self.airflow_home if self.airflow_home is not None else self.var_dir / "airflow"
 
     @property
     def stream_dir(self) -> Path:
