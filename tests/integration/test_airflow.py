@@ -2,7 +2,8 @@
 for this module on a test port in a temporary home, with the test session's Finegrain namespaces:
 three healthy components listening on loopback only, a login that is required, `up` twice reusing what
 runs; the Airflow UI in headless Chromium (log in, both DAGs listed, the retrain DAG triggered with
-params through its trigger form and its run's success shown); `down` leaving no process behind.
+params through its trigger form and its run's success shown); `down` during a run leaving no process
+behind.
 
 The browser test drives the system's Chromium (Debian `chromium`) through Playwright; nothing downloads
 a browser build. It trains the ALS embeddings (the retrain DAG's quickest branch: no Spark, about 15 s
@@ -210,7 +211,7 @@ def _retrain_as_of(events: Path) -> str:
     """An as-of date the embeddings can be trained and evaluated on: 30 days before the data ends, so
     the evaluation window after it is full (derived from the data, not written here)."""
     last = pd.read_parquet(events, columns=["timestamp"])["timestamp"].max()
-    return (last.date() - timedelta(days=30)).isoformat()
+    return str((last.date() - timedelta(days=30)).isoformat())
 
 
 @pytest.mark.browser
@@ -312,11 +313,39 @@ def _task_logs(settings: Settings, run_id: str) -> str:
     return "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-2000:]}" for log in logs)
 
 
-def test_down_stops_every_process(airflow_settings: Settings, started: dict[str, Any]) -> None:
+def _training_task_running(settings: Settings, url: str, events: Path) -> None:
+    """Trigger the retrain DAG through the REST API and return once its training task runs."""
+    login = read_login(settings)
+    assert login is not None
+    token = httpx.post(f"{url}/auth/token", json={"username": login.user, "password": login.password},
+                       timeout=10).json()["access_token"]
+    api = httpx.Client(base_url=f"{url}/api/v2/dags", timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+    with api:
+        assert api.patch("/finegrain_retrain", json={"is_paused": False}).status_code == 200
+        conf = {"model": "embeddings_als", "as_of": _retrain_as_of(events), "events": str(events)}
+        run = api.post("/finegrain_retrain/dagRuns", json={"logical_date": None, "conf": conf})
+        assert run.status_code == 200, run.text
+        task = f"/finegrain_retrain/dagRuns/{run.json()['dag_run_id']}/taskInstances/train_embeddings"
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while (state := api.get(task).json().get("state")) != "running":
+            assert state in {None, "scheduled", "queued"} and time.monotonic() < deadline, state
+            time.sleep(0.5)
+
+
+def test_down_stops_every_process(airflow_settings: Settings, started: dict[str, Any],
+                                  events_path: Path) -> None:
     home = airflow_settings.airflow_dir
+    # A task is running when `down` comes: its process tree goes too.
+    _training_task_running(airflow_settings, started["url"], events_path)
+    deadline = time.monotonic() + 120  # "running" comes a moment before the task's command starts
     before = _processes_of(home)
-    # The three components and the scheduler's executor workers, at least.
-    assert len(before) >= 4, before
+    while not any("models train-embeddings" in command for command in before.values()):
+        assert time.monotonic() < deadline, before
+        time.sleep(0.2)
+        before = _processes_of(home)
+    # The three components, the scheduler's executor workers and the task, at least.
+    assert len(before) >= 5, before
     result = _cli(airflow_settings, "airflow", "down", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "api-server: stopped" in result.stdout and "scheduler: stopped" in result.stdout
