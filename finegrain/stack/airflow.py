@@ -89,12 +89,15 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / PASSWORDS_FILE),
         f"AIRFLOW_CONN_{SPARK_CONNECTION.upper()}": json.dumps({"conn_type": "spark",
                                                                 "host": settings.spark_master}),
-        # dags/finegrain_deployment.py: the checkout, its Python, and the data `finegrain data load`
-        # writes (the DAGs' load task writes there too).
+        # dags/finegrain_deployment.py's checkout: the one whose dags/ Airflow reads.
         "FINEGRAIN_HOME": str(PROJECT_ROOT),
-        "FINEGRAIN_PYTHON": sys.executable,
-        "FINEGRAIN_DATA_DIR": str(settings.retail_dir),
     })
+    # Its other deployment settings are no Settings fields, so `Settings.environment` dropped them:
+    # what the shell sets wins, else this Python and the data `finegrain data load` writes.
+    env["FINEGRAIN_PYTHON"] = os.environ.get("FINEGRAIN_PYTHON", sys.executable)
+    env["FINEGRAIN_DATA_DIR"] = os.environ.get("FINEGRAIN_DATA_DIR", str(settings.retail_dir))
+    if "FINEGRAIN_SPARK_SUBMIT" in os.environ:
+        env["FINEGRAIN_SPARK_SUBMIT"] = os.environ["FINEGRAIN_SPARK_SUBMIT"]
     return env
 
 
@@ -264,13 +267,17 @@ class LocalAirflow:
     def up(self, step: Step = quiet) -> list[ServiceStatus]:
         """Start what is not running (reusing what is) and wait until each component is healthy."""
         self.api_server.check_installed()
-        # Its metadata, logs and secrets are nobody else's business on a shared machine.
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.api_server.running_pid() is None:
-            self.api_server.check_port_free()  # before the migration, not after it
-            step(f"migrating Airflow's metadata database ({self.home / 'airflow.db'})")
-            self.migrate()
-        ensure_login(self.settings)
+        try:
+            # Its metadata, logs and secrets are nobody else's business on a shared machine.
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.api_server.running_pid() is None:
+                self.api_server.check_port_free()  # before the migration, not after it
+                step(f"migrating Airflow's metadata database ({self.home / 'airflow.db'})")
+                self.migrate()
+            ensure_login(self.settings)
+        except OSError as exc:
+            raise StackError(f"airflow: cannot prepare its home {self.home} (FINEGRAIN_AIRFLOW_HOME): "
+                             f"{exc.strerror or exc}") from None
         # All launched before any is waited for: their start-up is mostly Python imports, which
         # overlap on two cores (about 25 s one after the other here).
         for component in self.components:

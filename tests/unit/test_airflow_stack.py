@@ -21,6 +21,13 @@ from finegrain.stack.airflow import LocalAirflow, airflow_environment, ensure_lo
 from finegrain.stack.base import stop_process_tree
 
 
+@pytest.fixture(autouse=True)
+def _no_deployment_settings_in_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FINEGRAIN_PYTHON", "FINEGRAIN_DATA_DIR", "FINEGRAIN_SPARK_SUBMIT",
+                 "AIRFLOW__CORE__PARALLELISM"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_the_environment_points_airflow_at_its_home_the_dags_and_the_api_server(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path / "var", airflow_port=18287, spark_master="local[2]")
     env = airflow_environment(settings)
@@ -66,6 +73,25 @@ def test_the_environment_passes_the_finegrain_settings_through(monkeypatch: pyte
     assert env["AIRFLOW__CORE__DEFAULT_TIMEZONE"] == "Europe/London"
     monkeypatch.delenv("AIRFLOW__CORE__PARALLELISM")
     assert airflow_environment(settings)["AIRFLOW__CORE__PARALLELISM"] == "4"
+    # The DAGs' deployment settings that are no Settings fields are kept from the shell too.
+    assert "FINEGRAIN_SPARK_SUBMIT" not in env
+    monkeypatch.setenv("FINEGRAIN_SPARK_SUBMIT", "/opt/spark/bin/spark-submit")
+    monkeypatch.setenv("FINEGRAIN_DATA_DIR", "/srv/data")
+    deployed = airflow_environment(settings)
+    assert deployed["FINEGRAIN_SPARK_SUBMIT"] == "/opt/spark/bin/spark-submit"
+    assert deployed["FINEGRAIN_DATA_DIR"] == "/srv/data"
+    assert deployed["FINEGRAIN_HOME"] == str(PROJECT_ROOT)  # the checkout whose dags/ Airflow reads
+
+
+def test_a_home_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = subprocess.run([sys.executable, "-m", "cli", "airflow", "up"], capture_output=True, text=True,
+                            timeout=120, cwd=PROJECT_ROOT,
+                            env={**os.environ, "FINEGRAIN_AIRFLOW_HOME": str(tmp_path / "file" / "home"),
+                                 "FINEGRAIN_AIRFLOW_PORT": "18289"})
+    assert result.returncode == 2
+    assert f"cannot prepare its home {tmp_path}/file/home" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_the_login_is_generated_once_and_kept_private(tmp_path: Path) -> None:
