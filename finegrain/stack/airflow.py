@@ -58,14 +58,16 @@ DEFAULT_PARALLELISM = "4"
 
 
 def ui_url(settings: Settings) -> str:
+    """The UI's address, also the base of the REST and execution APIs."""
     return f"http://{HOST}:{settings.airflow_port}"
 
 
 def airflow_environment(settings: Settings) -> dict[str, str]:
     """The environment every Airflow process (and so every task) runs with: this process's, with the
     FINEGRAIN_* variables of `settings` (`Settings.environment`), and Airflow pointed at its home, the
-    project's DAGs, the Spark master of `settings` and the api-server on 127.0.0.1. AIRFLOW__* variables
-    already in the environment pass through, except those set here."""
+    project's DAGs, the Spark master of `settings` and the api-server on 127.0.0.1, and the DAGs'
+    deployment settings (`dags/finegrain_deployment.py`). AIRFLOW__* variables already in the
+    environment pass through, except those set here. Tests starting Airflow their own way reuse it."""
     home = settings.airflow_dir
     url = ui_url(settings)
     env = settings.environment()
