@@ -192,7 +192,8 @@ class AirflowComponent(LocalService):
 
     def health(self) -> dict[str, Any]:
         """The api-server's health document: metadata database, scheduler and dag-processor heartbeats."""
-        response = httpx.get(ui_url(self.settings) + HEALTH_PATH, timeout=3.0)
+        # Generous: with both cores busy (load 10), an answer took over 5 s here.
+        response = httpx.get(ui_url(self.settings) + HEALTH_PATH, timeout=10.0)
         response.raise_for_status()
         document: dict[str, Any] = response.json()
         return document

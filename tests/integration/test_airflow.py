@@ -158,17 +158,17 @@ def test_up_starts_three_healthy_components_on_loopback(airflow_settings: Settin
     assert {pid for pid in (c["pid"] for c in components.values())} <= set(processes)
     assert _listening_addresses(set(processes)) == {f"127.0.0.1:{port}"}
 
-    health = httpx.get(f"{started['url']}/api/v2/monitor/health", timeout=10).json()
+    health = httpx.get(f"{started['url']}/api/v2/monitor/health", timeout=30).json()
     assert health["metadatabase"]["status"] == "healthy"
     assert health["scheduler"]["status"] == "healthy" and health["dag_processor"]["status"] == "healthy"
     # The REST API wants a login (not the simple auth manager's "everyone is admin" mode) ...
-    assert httpx.get(f"{started['url']}/api/v2/dags", timeout=10).status_code == 401
+    assert httpx.get(f"{started['url']}/api/v2/dags", timeout=30).status_code == 401
     token = httpx.post(f"{started['url']}/auth/token", json={"username": "admin", "password": "wrong"},
-                       timeout=10)
+                       timeout=30)
     assert token.status_code == 401
     # ... and the printed one works.
     token = httpx.post(f"{started['url']}/auth/token",
-                       json={"username": login.user, "password": login.password}, timeout=10)
+                       json={"username": login.user, "password": login.password}, timeout=30)
     assert token.status_code == 201, token.text
 
 
@@ -318,8 +318,8 @@ def _training_task_running(settings: Settings, url: str, events: Path) -> None:
     login = read_login(settings)
     assert login is not None
     token = httpx.post(f"{url}/auth/token", json={"username": login.user, "password": login.password},
-                       timeout=10).json()["access_token"]
-    api = httpx.Client(base_url=f"{url}/api/v2/dags", timeout=10,
+                       timeout=30).json()["access_token"]
+    api = httpx.Client(base_url=f"{url}/api/v2/dags", timeout=30,
                        headers={"Authorization": f"Bearer {token}"})
     with api:
         assert api.patch("/finegrain_retrain", json={"is_paused": False}).status_code == 200
