@@ -145,7 +145,10 @@ class SparkWorkerService(_SparkDaemon):
         host = self.address[0]
         work = self.dir / "work"
         scratch = self.dir / "tmp"
-        work.mkdir(parents=True, exist_ok=True)
+        # One folder per application (its executors' logs and fetched files): those of the worker's
+        # previous run go, or every test run would leave its applications behind.
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
         scratch.mkdir(parents=True, exist_ok=True)
         self._launch_daemon([
             "--host", host, "--webui-port", str(self.ui_port),
