@@ -51,7 +51,20 @@ class Settings(BaseSettings):
         description="Consumer-group session timeout; a group join waits half of it, so keep it low locally.",
     )
     kafka_heartbeat_interval_ms: int = Field(500, description="Consumer-group heartbeat interval.")
-    spark_master: str = Field("local[*]", description="Spark master URL for batch and streaming jobs.")
+    spark_master: str = Field(
+        "local[*]", description="Spark master URL of the sessions Finegrain starts (`finegrain jobs run`, "
+        "the streaming sidecar, a job run with plain python); under spark-submit, its --master instead.")
+    spark_cluster_master: str = Field(
+        "127.0.0.1:17077", description="host:port of the local Spark standalone master (`finegrain stack up "
+        "--spark`); run the jobs on it with FINEGRAIN_SPARK_MASTER=spark://<this>.")
+    spark_cluster_master_ui_port: int = Field(18180, ge=1, le=65535,
+                                              description="Web UI port of the local Spark master.")
+    spark_cluster_worker_ui_port: int = Field(18181, ge=1, le=65535,
+                                              description="Web UI port of the local Spark worker.")
+    spark_cluster_worker_cores: int = Field(2, ge=1, description="Cores the local Spark worker offers.")
+    spark_cluster_worker_memory: str = Field(
+        "2g", pattern=r"^[1-9][0-9]*[mg]$",
+        description="Memory the local Spark worker offers its executors (e.g. 2g, 1536m).")
     var_dir: Path = Field(
         PROJECT_ROOT / "var", description="Working folder: local stack data, logs, PID files, built data."
     )
@@ -92,6 +105,7 @@ class Settings(BaseSettings):
             ("FINEGRAIN_MONGO_URI", self.mongo_address),
             ("FINEGRAIN_ZOOKEEPER_HOSTS", self.zookeeper_address),
             ("FINEGRAIN_KAFKA_BOOTSTRAP_SERVERS", self.kafka_address),
+            ("FINEGRAIN_SPARK_CLUSTER_MASTER", self.spark_cluster_address),
         ):
             try:
                 _, port = address()
@@ -163,6 +177,16 @@ class Settings(BaseSettings):
 
     def kafka_address(self) -> tuple[str, int]:
         return _split_host_port(self.kafka_bootstrap_servers.split(",")[0], 9092)
+
+    def spark_cluster_address(self) -> tuple[str, int]:
+        return _split_host_port(self.spark_cluster_master, 7077)
+
+    @property
+    def spark_cluster_url(self) -> str:
+        """The master URL of the local Spark standalone cluster, what FINEGRAIN_SPARK_MASTER or
+        spark-submit's --master take to run the jobs there."""
+        host, port = self.spark_cluster_address()
+        return f"spark://{host}:{port}"
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}.{name}"

@@ -191,8 +191,10 @@ class LocalService(ABC):
             f"see {self.logfile}"
         )
 
-    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        """Start a non-daemonising server in its own session, detached from our terminal."""
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> None:
+        """Start a non-daemonising server in its own session, detached from our terminal, with our
+        environment plus `env` and without the variables named in `drop`."""
+        environment = {key: value for key, value in os.environ.items() if key not in drop}
         with self.logfile.open("ab") as log:
             process = subprocess.Popen(
                 argv,
@@ -200,7 +202,7 @@ class LocalService(ABC):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
-                env={**os.environ, **(env or {})},
+                env={**environment, **(env or {})},
                 start_new_session=True,
             )
         self.pidfile.write_text(f"{process.pid}\n")

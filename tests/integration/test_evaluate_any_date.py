@@ -63,7 +63,7 @@ def moved_data(retail_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def moved_settings(settings: Settings) -> Iterator[Settings]:
-    with own_namespace(settings, "moved") as own:
+    with own_namespace(settings) as own:
         yield own
 
 
