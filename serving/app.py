@@ -83,7 +83,8 @@ class Services:
     def __init__(self, settings: Settings, config: ServingConfig) -> None:
         self.settings = settings
         self.config = config
-        self.keys = VerifiedKeys(settings, ttl_s=config.auth.cache_ttl_s, cache_size=config.auth.cache_size)
+        self.keys = VerifiedKeys(settings, ttl_s=config.auth.cache_ttl_s, cache_size=config.auth.cache_size,
+                                 snapshot=settings.var_dir / "serving" / "api_keys.json")
         self.runtime = Runtime(settings, config)
         self.redis = request_redis(settings, config)
         self.events = EventIngest.from_settings(settings)
@@ -124,6 +125,17 @@ class FinegrainApp(falcon.App):  # type: ignore[type-arg]  # WSGI request/respon
     services: Services
 
 
+def api_app(settings: Settings, config: ServingConfig, keys: VerifiedKeys | None = None) -> FinegrainApp:
+    """An app with no routes yet but everything every route goes through: the metrics, the
+    authentication, the error shape. `create_app` mounts every route on it; a test or benchmark that
+    serves a few resources alone mounts just those."""
+    # Metrics first: a refused request is still counted, with its 401/403/429.
+    app = FinegrainApp(middleware=[MetricsMiddleware(), auth_middleware(settings, config, keys)])
+    app.req_options.strip_url_path_trailing_slash = True
+    install_error_handlers(app)
+    return app
+
+
 def create_app(settings: Settings | None = None, config: ServingConfig | None = None, *,
                services: Services | None = None, start: bool = True) -> FinegrainApp:
     settings = settings or get_settings()
@@ -131,10 +143,7 @@ def create_app(settings: Settings | None = None, config: ServingConfig | None = 
     services = services or Services(settings, config)
     if start:
         services.start()
-    # Metrics first: a refused request is still counted, with its 401/403/429.
-    app = FinegrainApp(middleware=[MetricsMiddleware(), auth_middleware(settings, config, services.keys)])
-    app.req_options.strip_url_path_trailing_slash = True
-    install_error_handlers(app)
+    app = api_app(settings, config, services.keys)
     app.add_route("/v1/recommendations", RecommendationsResource(services.runtime, services.recommender))
     app.add_route("/v1/items/{item_id}/similar", SimilarItemsResource(services.runtime))
     app.add_route("/v1/events", EventsResource(services.events))

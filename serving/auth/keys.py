@@ -11,10 +11,16 @@ znode `ZkPaths.keys` and each worker's DataWatch then marks the revoked key as u
 cached record as stale (re-read on its next use). If ZooKeeper cannot be reached the TTL is the
 bound: a revoked key stops working within `ttl_s`.
 
+Each worker reads every active key when it starts (so the first requests wait for nothing) and writes
+them to `snapshot` (`var/serving/api_keys.json`: the records only, salted digests of secrets that
+cannot be recovered from them); a worker that starts while MongoDB is unreachable loads that file
+instead, as stale records, the way it serves the best sellers saved on disk when Redis is down.
+
 If MongoDB cannot be reached, a cached record keeps serving after its TTL (stale, counted in
 `finegrain_auth_cache_total{result="stale"}`) and MongoDB is retried every `retry_s`; a key id never
 seen before cannot be verified and is refused with 503. The request path's MongoDB client has short
-timeouts so that costs at most `timeout_ms`, once per `retry_s`.
+timeouts so that costs at most `timeout_ms`, once per `retry_s`. Revocation notices still apply
+while MongoDB is down: the announced key is refused at once.
 """
 
 from __future__ import annotations
@@ -22,18 +28,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pymongo
 from kazoo.client import KazooClient
 from pymongo.errors import PyMongoError
 
-from finegrain.apikeys import ApiKey, ApiKeyError, KeyStore, parse_token
+from finegrain.apikeys import ApiKey, ApiKeyError, KeyStore, Scope, parse_token
 from finegrain.settings import Settings
 from finegrain.storage.clients import MongoDocument, zookeeper_client
 from finegrain.storage.contract import ZkPaths
@@ -66,8 +75,10 @@ class VerifiedKeys:
     forks after importing the app)."""
 
     def __init__(self, settings: Settings, *, ttl_s: float = 10.0, cache_size: int = 10_000,
-                 retry_s: float = 5.0, timeout_ms: int = 500, watch: bool = True) -> None:
+                 retry_s: float = 5.0, timeout_ms: int = 500, watch: bool = True,
+                 snapshot: Path | None = None) -> None:
         self.settings = settings
+        self.snapshot = snapshot
         self.ttl_s = ttl_s
         self.cache_size = cache_size
         self.retry_s = retry_s
@@ -170,6 +181,25 @@ class VerifiedKeys:
             self._pid = os.getpid()
         if self.watch:
             self._start_watch()
+        self._preload()
+
+    def _preload(self) -> None:
+        """Every active key (the newest `cache_size`), from MongoDB, else from the last snapshot."""
+        try:
+            keys = self._store_client().list()[-self.cache_size:]
+        except PyMongoError as exc:
+            self._mongo_down_until = time.monotonic() + self.retry_s
+            keys = _read_snapshot(self.snapshot) if self.snapshot else []
+            log.warning("keys: MongoDB unreachable at start, %d keys from the snapshot %s serve until it "
+                        "answers: %s", len(keys), self.snapshot, exc)
+            fresh_until = 0.0  # stale: re-read as soon as MongoDB answers
+        else:
+            if self.snapshot is not None:
+                _write_snapshot(self.snapshot, keys)
+            fresh_until = time.monotonic() + self.ttl_s
+        with self._lock:
+            for key in keys:
+                self._entries.setdefault(key.key_id, _Entry(key, fresh_until))
 
     def _store_client(self) -> KeyStore:
         if self._store is None:
@@ -208,6 +238,30 @@ class VerifiedKeys:
             zk.close()
         if store is not None and same_process:
             store.client.close()
+
+
+def _write_snapshot(path: Path, keys: list[ApiKey]) -> None:
+    records = [{"key_id": k.key_id, "name": k.name, "scopes": sorted(k.scopes), "salt": k.salt.hex(),
+                "digest": k.digest.hex(), "rate_per_s": k.rate_per_s, "created_at": k.created_at.isoformat()}
+               for k in keys]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+            json.dump({"keys": records}, handle)
+        os.chmod(handle.name, 0o600)
+        Path(handle.name).replace(path)  # atomic: workers write it side by side
+    except OSError as exc:
+        log.warning("keys: cannot write the snapshot %s: %s", path, exc)
+
+
+def _read_snapshot(path: Path) -> list[ApiKey]:
+    try:
+        records = json.loads(path.read_text())["keys"]
+        return [ApiKey(r["key_id"], r["name"], frozenset(Scope(s) for s in r["scopes"]),
+                       bytes.fromhex(r["salt"]), bytes.fromhex(r["digest"]), r["rate_per_s"],
+                       datetime.fromisoformat(r["created_at"])) for r in records]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _fresh_lock(owner: weakref.ref[VerifiedKeys]) -> None:
