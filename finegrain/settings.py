@@ -102,6 +102,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{variable}: {exc}") from None
             if not 0 < port < 65536:
                 raise ValueError(f"{variable}: port {port} is outside 1-65535")
+        metrics = self.metrics_address()
+        if metrics is not None and metrics[1] == self.api_address()[1]:
+            # The API tells its two listeners apart by port: one port for both would open /metrics.
+            raise ValueError(f"FINEGRAIN_API_METRICS_BIND {self.api_metrics_bind}: use another port than "
+                             f"FINEGRAIN_API_BIND {self.api_bind}")
         return self
 
     @property

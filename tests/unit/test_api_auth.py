@@ -125,6 +125,9 @@ def test_the_metrics_listener_serves_metrics_without_a_key_and_nothing_else(app:
     refused = client.simulate_get("/v1/recommendations", params={"user_id": "1"}, extras=there)
     assert refused.status_code == 404 and "only /metrics" in refused.json["error"]["message"]
     assert client.simulate_get("/metrics").status_code == 401  # on the API's own listener it needs a key
+    # The listeners are told apart by port: sharing one would open /metrics on the API's.
+    with pytest.raises(ValueError, match="use another port"):
+        Settings(api_bind="0.0.0.0:18080", api_metrics_bind="10.0.0.1:18080")
 
 
 def test_auth_off_is_explicit_and_logged(caplog: pytest.LogCaptureFixture) -> None:
