@@ -71,7 +71,8 @@ def deployment(settings: Settings, retail_data: Path, spark: SparkSession,
         "redis_url": redis_server.url, "zookeeper_root": f"{settings.zookeeper_root}/serving",
         "mongo_database": f"{settings.mongo_database}_serving", "var_dir": folder,
         "kafka_topic_prefix": f"{settings.kafka_topic_prefix}_serving",
-        "api_bind": f"127.0.0.1:{free_port()}", "api_workers": 2})
+        "api_bind": f"127.0.0.1:{free_port()}", "api_metrics_bind": f"127.0.0.1:{free_port()}",
+        "api_workers": 2})
     events = retail_data / "events.parquet"
     build_datasets(own, events, spark)
     publish(own, RANKER, register_ranker(own, events))
@@ -220,6 +221,18 @@ def test_requests_without_a_key_or_with_the_wrong_scope_are_refused(deployment: 
     put = httpx.put(f"{deployment.base_url}/v1/rules/not-allowed", json=RULE, headers=reader, timeout=10)
     assert put.status_code == 403
     assert httpx.get(f"{deployment.base_url}/readyz", timeout=10).status_code == 200  # open
+
+
+def test_the_metrics_listener_serves_metrics_without_a_key_and_nothing_else(deployment: ServingDeployment,
+                                                                           users: list[str]) -> None:
+    listener = f"http://{deployment.settings.api_metrics_bind}"
+    scraped = httpx.get(f"{listener}/metrics", timeout=10)
+    assert scraped.status_code == 200 and "finegrain_requests_total" in scraped.text
+    assert httpx.get(f"{listener}/healthz", timeout=10).status_code == 200
+    refused = httpx.get(f"{listener}/v1/recommendations", params={"user_id": users[0]},
+                        headers=deployment.headers, timeout=10)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{deployment.base_url}/metrics", timeout=10).status_code == 401
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after(deployment: ServingDeployment) -> None:
@@ -496,7 +509,8 @@ def test_a_worker_starts_and_answers_with_zookeeper_or_mongo_unreachable(
     unreachable = {"zookeeper_hosts": "127.0.0.1:1",
                    "mongo_uri": "mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=300"}
     settings = deployment.settings.model_copy(update={
-        setting: unreachable[setting], "api_bind": f"127.0.0.1:{free_port()}", "api_workers": 1,
+        setting: unreachable[setting], "api_bind": f"127.0.0.1:{free_port()}", "api_metrics_bind": None,
+        "api_workers": 1,
         "var_dir": deployment.settings.var_dir / f"without-{dependency}"})
     # As a worker restarted on the same host would: with MongoDB away it verifies keys with the records
     # its predecessors saved at their start (serving.auth.keys).
