@@ -6,7 +6,7 @@ import typer
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from cli import airflow, api, bench, data, evaluate, jobs, models, replay, settings_cmd, stack, stream
+from cli import airflow, api, bench, data, evaluate, jobs, keys, models, replay, settings_cmd, stack, stream
 from finegrain.console import err_console
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(models.app, name="models")
 app.add_typer(api.app, name="api")
+app.add_typer(keys.app, name="keys")
 app.add_typer(stream.app, name="stream")
 app.add_typer(airflow.app, name="airflow")
 app.add_typer(bench.app, name="bench")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finegrain.data.layout import CATALOG_FILE, EVENTS_FILE, LOADED_FOLDER
@@ -79,6 +80,16 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
     api_threads: int = Field(1, ge=1, description="Threads per API worker: 1 runs gunicorn's sync workers "
                              "(CPU-bound requests gain nothing from threads under the GIL), more gthread.")
+    api_auth: bool = Field(True, description="Whether the API requires an API key (`finegrain keys`); false "
+                           "turns authentication and rate limits off, and the API logs a warning at start.")
+    api_key: SecretStr | None = Field(
+        None, description="The API key the command line's API clients send as `Authorization: Bearer` "
+        "(`finegrain api recommend`, `finegrain replay`, smoke checks); `finegrain keys create` makes one.")
+    api_metrics_scope: Literal["recommend", "events", "admin"] = Field(
+        "admin", description="Scope a key needs for GET /metrics on FINEGRAIN_API_BIND.")
+    api_metrics_bind: str | None = Field(
+        None, description="host:port where gunicorn also listens and serves only /metrics (without a key), "
+        "/healthz and /readyz: for a Prometheus scraper on a private interface; unset: no such listener.")
     stream_metrics_bind: str = Field(
         "127.0.0.1:18091", description="host:port of the streaming sidecar's Prometheus /metrics (port 0: "
         "any free port, written to its status file).")
@@ -106,6 +117,9 @@ class Settings(BaseSettings):
             ("FINEGRAIN_ZOOKEEPER_HOSTS", self.zookeeper_address),
             ("FINEGRAIN_KAFKA_BOOTSTRAP_SERVERS", self.kafka_address),
             ("FINEGRAIN_SPARK_CLUSTER_MASTER", self.spark_cluster_address),
+            ("FINEGRAIN_API_BIND", self.api_address),
+            *([("FINEGRAIN_API_METRICS_BIND", lambda: _split_host_port(self.api_metrics_bind or "", 0))]
+              if self.api_metrics_bind else []),
         ):
             try:
                 _, port = address()
@@ -113,6 +127,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{variable}: {exc}") from None
             if not 0 < port < 65536:
                 raise ValueError(f"{variable}: port {port} is outside 1-65535")
+        metrics = self.metrics_address()
+        if metrics is not None and metrics[1] == self.api_address()[1]:
+            # The API tells its two listeners apart by port: one port for both would open /metrics.
+            raise ValueError(f"FINEGRAIN_API_METRICS_BIND {self.api_metrics_bind}: use another port than "
+                             f"FINEGRAIN_API_BIND {self.api_bind}")
         return self
 
     @property
@@ -154,6 +173,8 @@ class Settings(BaseSettings):
         child process (the API, the sidecar) is started with, so it sees the same settings."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("FINEGRAIN_")}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):  # str() of a secret is its mask
+                value = value.get_secret_value()
             if value is not None:
                 env[f"FINEGRAIN_{name.upper()}"] = str(value)
         return env
@@ -187,6 +208,13 @@ class Settings(BaseSettings):
         spark-submit's --master take to run the jobs there."""
         host, port = self.spark_cluster_address()
         return f"spark://{host}:{port}"
+
+    def api_address(self) -> tuple[str, int]:
+        return _split_host_port(self.api_bind, 18080)
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The /metrics-only listener (FINEGRAIN_API_METRICS_BIND), if one is set."""
+        return _split_host_port(self.api_metrics_bind, 18081) if self.api_metrics_bind else None
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}.{name}"
