@@ -22,6 +22,7 @@ import redis
 from finegrain.codecs import decode, encode
 from finegrain.data.replay import Replayer, replay_events, summarise
 from finegrain.data.retail import read_events
+from finegrain.events.archive import read_archive
 from finegrain.schemas import BehaviorEvent, DeadLetter, EventType, RealtimeProfile
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics, kafka_producer
@@ -29,7 +30,6 @@ from finegrain.storage.contract import KafkaTopics, RedisKeys
 from serving.api.errors import install_error_handlers
 from serving.api.events import EventsResource
 from serving.events.ingest import EventIngest
-from spark_jobs.stream.archive import read_archive
 from spark_jobs.stream.process import SidecarProcess
 from spark_jobs.stream.sidecar import SidecarConfig
 from tests.integration.kafka_reader import TopicReader
