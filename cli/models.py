@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.options import EventsOption, JsonOption
+from cli.options import EventsOption, JsonOption, name_versions
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError
@@ -168,17 +168,9 @@ def gate(
     """Decide, without publishing, whether each candidate may replace what serves now: passed (publish
     it), held (its model is pinned) or refused (worse than the published version, or not comparable).
     Exit 1 if one is refused. `publish` then publishes the ones that passed."""
-    pairs: list[tuple[str, str]] = []
-    for text in candidates:
-        name, sep, version = text.partition("=")
-        if not sep or not name or not version:
-            raise fail(f"bad candidate {text!r}: expected NAME=VERSION, e.g. "
-                       "ranker_xgboost=20261201T101500.123")
-        if name in dict(pairs):
-            raise fail(f"two candidates for {name}: give one version per model")
-        pairs.append((name, version))
+    pairs = name_versions(candidates, "candidate")
     with _publisher() as publisher:
-        checks = [publisher.check(name, version, tolerance=tolerance) for name, version in pairs]
+        checks = [publisher.check(name, version, tolerance=tolerance) for name, version in pairs.items()]
     console.print(summary_table("Quality gate (nothing published)", [_check_row(c) for c in checks],
                                 ["model", "candidate", "published", "metric", "candidate value",
                                  "published value", "verdict", "reason"]))
