@@ -171,6 +171,10 @@ def synth(
             show_default=False,
         ),
     ] = None,
+    move_weeks: Annotated[
+        int, typer.Option("--move-weeks", help="Move every date by this many weeks (another year's shop: "
+                          "e.g. 156 for three years later; negative moves earlier).")
+    ] = 0,
     out: OutOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -196,6 +200,7 @@ def synth(
             scale,
             seed,
             out_dir,
+            move_weeks=move_weeks,
             source=str(source_dir),
             progress=lambda step: status.update(f"{step} ..."),
         )

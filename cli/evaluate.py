@@ -17,16 +17,23 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.options import EventsOption, JsonOption
+from cli.options import EventsOption, JsonOption, TestDaysOption
 from finegrain.console import console, fail, print_json_line, step, summary_table
 from finegrain.dates import parse_as_of
 from finegrain.errors import DataError, FinegrainError
-from finegrain.evaluation.protocol import REFERENCE_NOTE, SPLIT_DATE
+from finegrain.evaluation.protocol import REFERENCE_NOTE, TEST_DAYS, load_events, readme_split
 from finegrain.evaluation.report import CURVE_KS, RANKER_METRICS, FullEvaluation, fmt, label, summary_rows
 from finegrain.evaluation.report import write_report as write_full_report
 from finegrain.settings import Settings, get_settings
 from finegrain.storage.contract import Dataset
-from models.evaluate_all import RANKERS, check_options, evaluate_all, parse_quotas, tf_ranker_available
+from models.evaluate_all import (
+    RANKERS,
+    check_dates,
+    check_options,
+    evaluate_all,
+    parse_quotas,
+    tf_ranker_available,
+)
 from models.evaluate_channels import (
     METRICS,
     SIMILARITY_ALGORITHMS,
@@ -66,7 +73,8 @@ def _print_tables(evaluation: ChannelEvaluation) -> None:
     if evaluation.reference:
         console.print(REFERENCE_NOTE, style="dim")
     else:
-        console.print(f"(the README's reference rows are for an as-of of {SPLIT_DATE} only)")
+        console.print("(the data set README's reference rows are for its own split only: the sample data's "
+                      "last 30 days)")
 
 
 def _write(writer: Callable[[Any, Path], dict[str, Path]], evaluation: Any, folder: Path, started: float,
@@ -82,10 +90,19 @@ def _write(writer: Callable[[Any, Path], dict[str, Path]], evaluation: Any, fold
         print_json_line({**evaluation.as_dict(), "report": {k: str(v) for k, v in paths.items()}})
 
 
-DEFAULT_AS_OF = SPLIT_DATE.isoformat()
 AsOfOption = Annotated[str, typer.Option(
-    "--as-of", help="Split date (YYYY-MM-DD): train before it, test the 30 days from it; the datasets "
-    "evaluated are built as of it.")]
+    "--as-of", help="Split date (YYYY-MM-DD): train before it, test the window from it; the datasets "
+    "evaluated are built as of it. Default: the README protocol's split, the data's last 30 days.",
+    show_default=False)]
+
+
+def split_date(as_of: str, events_path: Path, test_days: int = TEST_DAYS) -> date:
+    """The --as-of given, or the README protocol's split of these events (their last test window)."""
+    if as_of:
+        return parse_as_of(as_of)
+    if not events_path.exists():
+        raise DataError(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
+    return readme_split(load_events(events_path), test_days)
 ReplaceNewerOption = Annotated[bool, typer.Option(
     "--replace-newer", help="Allow rebuilding datasets whose current version is built as of a later date "
     "(what serving reads); without it the command refuses and suggests a namespace of its own.")]
@@ -93,7 +110,7 @@ ReplaceNewerOption = Annotated[bool, typer.Option(
 
 @app.command("channels")
 def channels(
-    as_of: AsOfOption = DEFAULT_AS_OF,
+    as_of: AsOfOption = "",
     events: EventsOption = None,
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Run the popularity and similarity jobs even if versions built as of this date "
@@ -110,7 +127,7 @@ def channels(
     started = time.perf_counter()
 
     try:
-        date_ = parse_as_of(as_of)
+        date_ = split_date(as_of, events_path)
         versions, rebuilt = _datasets(settings, date_, events_path, DATASET_JOBS, rebuild, replace_newer)
         evaluation = evaluate_channels(settings, date_, events_path, versions, step=step,
                                        rebuilt=[r.job for r in rebuilt])
@@ -140,7 +157,7 @@ def _print_full(evaluation: FullEvaluation) -> None:
 
 @app.command("all")
 def all_(
-    as_of: AsOfOption = DEFAULT_AS_OF,
+    as_of: AsOfOption = "",
     events: EventsOption = None,
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Run the popularity, similarity and content index jobs even if versions built as "
@@ -149,6 +166,10 @@ def all_(
     rankers: Annotated[str | None, typer.Option(
         "--rankers", help="Comma-separated rankers to train and evaluate: xgboost, tf (default: both when "
         "the TensorFlow ranker is available, else xgboost).", show_default=False)] = None,
+    test_days: TestDaysOption = TEST_DAYS,
+    max_users: Annotated[int | None, typer.Option(
+        "--max-users", min=1, help="Train the rankers on at most this many users per cut-off (quick runs); "
+        "every protocol user is still evaluated.", show_default=False)] = None,
     skip_rankers: Annotated[bool, typer.Option("--skip-rankers", help="Channels and merge only (fast).")
                             ] = False,
     quotas: Annotated[str | None, typer.Option(
@@ -167,7 +188,7 @@ def all_(
     started = time.perf_counter()
 
     try:
-        date_ = parse_as_of(as_of)
+        date_ = split_date(as_of, events_path, test_days)
         chosen: list[str] = []
         if not skip_rankers:
             if rankers is None:
@@ -175,12 +196,15 @@ def all_(
             else:
                 chosen = [r.strip() for r in rankers.split(",") if r.strip()]
         check_options(chosen, merge_i2i)
+        if events_path.exists():  # the dates are refused before any job runs
+            check_dates(load_events(events_path), date_, test_days, chosen)
         parsed_quotas = parse_quotas(quotas) if quotas else None
         versions, rebuilt = _datasets(settings, date_, events_path, RECALL_DATASET_JOBS, rebuild,
                                       replace_newer)
         evaluation = evaluate_all(settings, date_, events_path, versions, step=step,
                                   rebuilt=[r.job for r in rebuilt], rankers=chosen, quotas=parsed_quotas,
-                                  merge_item_to_item=merge_i2i)
+                                  merge_item_to_item=merge_i2i, test_days=test_days,
+                                  max_users=max_users)
         if not skip_rankers and rankers is None and "tf" not in chosen:
             evaluation.notes.append("TensorFlow ranker not included: models.tf_ranker (or tensorflow) is "
                                     "not available, so --rankers defaulted to xgboost.")

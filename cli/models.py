@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.options import EventsOption, JsonOption, name_versions
+from cli.options import AsOfModelOption, EventsOption, JsonOption, TestDaysOption, name_versions
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError
-from finegrain.evaluation.protocol import SPLIT_DATE
+from finegrain.evaluation.protocol import TEST_DAYS
 from finegrain.settings import get_settings
 from finegrain.storage.workers import rollout, worker_states
 from models.publishing import (
@@ -273,6 +273,8 @@ def train_ranker_command(
         "--kind", help="xgboost (model ranker_xgboost) or tf (ranker_tf: the TensorFlow deep ranker, "
         "registered as its SavedModel folder).")] = "xgboost",
     events: EventsOption = None,
+    as_of: AsOfModelOption = "",
+    test_days: TestDaysOption = TEST_DAYS,
     rounds: Annotated[int | None, typer.Option(
         "--rounds", min=1, help="XGBoost: boosting rounds (default: the ranker's tuned setting).",
         show_default=False)] = None,
@@ -317,7 +319,9 @@ def train_ranker_command(
 
             prebuilt = read_training_set(training_set)
             _say(f"read the training set {training_set}: {prebuilt.summary()}")
-        run = train_register_publish(settings, events_path, kind=kind, rounds=rounds, objective=objective,
+        run = train_register_publish(settings, events_path, kind=kind,
+                                     as_of=parse_as_of(as_of) if as_of else None, test_days=test_days,
+                                     rounds=rounds, objective=objective,
                                      epochs=epochs, max_users=max_users, publish=publish,
                                      training_set=prebuilt,
                                      training_set_uri="" if training_set is None else str(training_set),
@@ -343,9 +347,8 @@ def _report_run(run: RankerRun | EmbeddingRun, as_json: bool) -> None:
 @app.command("train-embeddings")
 def train_embeddings_command(
     events: EventsOption = None,
-    as_of: Annotated[str, typer.Option(
-        "--as-of", help="Split date (YYYY-MM-DD): train before it, evaluate on the 30 days after.")
-    ] = SPLIT_DATE.isoformat(),
+    as_of: AsOfModelOption = "",
+    test_days: TestDaysOption = TEST_DAYS,
     factors: Annotated[int | None, typer.Option(
         "--factors", help="ALS factors (default: models.embeddings.AlsConfig's).",
         show_default=False)] = None,
@@ -367,12 +370,12 @@ def train_embeddings_command(
     if not events_path.exists():
         raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
     try:
-        split = parse_as_of(as_of)
         # Only what was given overrides AlsConfig, so its defaults stay defined in one place.
         defaults = AlsConfig()
         config = replace(defaults, factors=defaults.factors if factors is None else factors,
                          iterations=defaults.iterations if iterations is None else iterations)
-        run = train_register_publish(settings, events_path, config=config, as_of=split,
+        run = train_register_publish(settings, events_path, config=config,
+                                     as_of=parse_as_of(as_of) if as_of else None, test_days=test_days,
                                      publish=publish, say=_say)
     except (FinegrainError, ValueError) as exc:
         raise fail(str(exc)) from None

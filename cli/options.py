@@ -15,6 +15,12 @@ JsonOption = Annotated[bool, typer.Option(
 EventsOption = Annotated[Path | None, typer.Option(
     "--events", help="Canonical events Parquet (default: the loaded data, Settings.events_path).",
     show_default=False)]
+AsOfModelOption = Annotated[str, typer.Option(
+    "--as-of", help="The model's date (YYYY-MM-DD): it learns from everything before it and is scored on "
+    "the last test window that fits (a backtest when that window is before the date); default: the day "
+    "after the data's last event.", show_default=False)]
+TestDaysOption = Annotated[int, typer.Option(
+    "--test-days", min=1, help="Length of the README protocol's test window, in days.")]
 
 
 def name_versions(texts: Iterable[str], what: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ time zone, which `finegrain.spark` sets to UTC); naive times are read as UTC.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeAlias
 
 import numpy as np
@@ -53,3 +53,19 @@ def utc_timestamps(timestamps: pd.Series) -> pd.Series:
 def rows_before(events: pd.DataFrame, day: date) -> np.ndarray:
     """Mask of the events strictly before the as-of date's midnight UTC."""
     return np.asarray(utc_timestamps(events["timestamp"]) < pd.Timestamp(midnight_utc(day)))
+
+
+def data_end(events: pd.DataFrame) -> date:
+    """The day after the data's last event: its exclusive end, as an as-of date."""
+    if events.empty:
+        raise DataError("no events: nothing to train or evaluate on")
+    last: date = utc_timestamps(events["timestamp"]).max().date()
+    return last + timedelta(days=1)
+
+
+def data_start(events: pd.DataFrame) -> date:
+    """The day of the data's first event."""
+    if events.empty:
+        raise DataError("no events: nothing to train or evaluate on")
+    first: date = utc_timestamps(events["timestamp"]).min().date()
+    return first

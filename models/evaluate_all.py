@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,22 @@ import numpy as np
 import pandas as pd
 
 from finegrain.console import Step, quiet
+from finegrain.dates import data_end
 from finegrain.errors import DataError
-from finegrain.evaluation.protocol import DEFAULT_KS, SPLIT_DATE, EvaluationSplit, build_split, load_events
+from finegrain.evaluation.protocol import (
+    DEFAULT_KS,
+    TEST_DAYS,
+    EvaluationSplit,
+    build_split,
+    load_events,
+    reference_rows,
+)
 from finegrain.evaluation.report import CURVE_KS, MERGE_KS, FullEvaluation, MergeFigures
 from finegrain.recall.item_to_item import ItemToItemConfig, NeighbourMatrix, read_neighbour_lists
 from finegrain.recall.merge import CHANNELS, merge
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
+from finegrain.training.plan import TrainingPlan
 from models.evaluate_channels import (
     SIMILARITY_ALGORITHMS,
     ChannelRanking,
@@ -131,33 +140,29 @@ def check_rankers(names: list[str]) -> None:
                         "models.evaluate_rankers.evaluate_tf missing): use --rankers xgboost")
 
 
-def evaluate_rankers(events: pd.DataFrame, names: list[str], say: Step
-                     ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Each ranker trained and evaluated by `models.evaluate_rankers` on the README split, on one shared
-    training set and the same test candidates: the final list's HR/Recall/NDCG and AUC / GAUC."""
-    import inspect
-
-    import models.evaluate_rankers as rankers_module
+def evaluate_rankers(events: pd.DataFrame, plan: TrainingPlan, names: list[str], say: Step,
+                     max_users: int | None = None) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Each ranker trained and evaluated by `models.evaluate_rankers` as the plan says, on one shared
+    training set and the same test candidates: the final list's HR/Recall/NDCG and AUC / GAUC.
+    `max_users`: train on at most that many users per cut-off (the test always has every user)."""
+    from models import evaluate_rankers as rankers_module
 
     check_rankers(names)
     figures: dict[str, dict[str, float]] = {}
     notes: list[str] = []
-    shared: dict[str, Any] = {}
-    # Build the training rows and the test candidates once when the module can share them.
-    parameters = inspect.signature(rankers_module.evaluate).parameters
-    if "train" in parameters and hasattr(rankers_module, "TestRows"):
-        say("building the rankers' training set and test candidates (shared by every ranker)")
-        train, _ = rankers_module.training_rows(events, rankers_module.TRAIN_CUTOFFS, None,
-                                                lambda message: say(f"  {message}"))
-        shared = {"train": train, "test": rankers_module.TestRows.build(events)}
+    say("building the rankers' training set and test candidates (shared by every ranker)")
+    train, _ = rankers_module.training_rows(events, plan, max_users, lambda message: say(f"  {message}"))
+    shared: dict[str, Any] = {"train": train, "test": rankers_module.TestRows.build(events, plan)}
     result: Any = None
     for name in names:
         if name == "xgboost":
-            result = rankers_module.evaluate(events, say=lambda line: say(f"  xgboost: {line}"), **shared)
+            result = rankers_module.evaluate(events, plan, say=lambda line: say(f"  xgboost: {line}"),
+                                             max_users=max_users, **shared)
             notes.append(f"XGBoost ranker: objective {result.objective} (chosen on the validation cut-off "
-                         f"{rankers_module.VALID_CUTOFF}), seconds {result.seconds}.")
+                         f"{plan.validation_cutoff}), seconds {result.seconds}.")
         else:
-            result = rankers_module.evaluate_tf(events, say=lambda line: say(f"  tf: {line}"), **shared)
+            result = rankers_module.evaluate_tf(events, plan, say=lambda line: say(f"  tf: {line}"),
+                                                max_users=max_users, **shared)
             notes.append(f"TensorFlow ranker: seconds {result.seconds}.")
         figures.update({model: dict(values) for model, values in result.table.items()
                         if "alone" not in model})
@@ -167,6 +172,17 @@ def evaluate_rankers(events: pd.DataFrame, names: list[str], say: Step
         notes.append("Rankers' candidates: item-to-item top 200 + the 50 most popular per user (their own "
                      f"candidate set, not the merged recall's); training set {training}.")
     return figures, notes
+
+
+def check_dates(events: pd.DataFrame, as_of: date, test_days: int, rankers: Sequence[str]
+                ) -> TrainingPlan | None:
+    """Refuse a split whose test window runs past the data, or (with rankers) without the history the
+    rankers' plan needs, before anything is built; the rankers' plan."""
+    end = data_end(events)
+    if as_of + timedelta(days=test_days) > end:
+        raise DataError(f"the {test_days}-day test window from {as_of} runs past the data's end "
+                        f"({end - timedelta(days=1)}): pick an --as-of by {end - timedelta(days=test_days)}")
+    return TrainingPlan.for_events(events, as_of, test_days) if rankers else None
 
 
 def check_options(rankers: Sequence[str], merge_item_to_item: str) -> None:
@@ -180,7 +196,8 @@ def check_options(rankers: Sequence[str], merge_item_to_item: str) -> None:
 def evaluate_all(settings: Settings, as_of: date, events_path: Path, versions: Mapping[str, str], *,
                  step: Step = quiet, rebuilt: Sequence[str] = (), rankers: list[str] | None = None,
                  quotas: Mapping[str, int] | None = None, total: int = RECALL_DEPTH,
-                 merge_item_to_item: str = "swing") -> FullEvaluation:
+                 merge_item_to_item: str = "swing", test_days: int = TEST_DAYS,
+                 max_users: int | None = None) -> FullEvaluation:
     """Every recall channel alone to depth `total`, their merge, and each ranker of `rankers`, from
     the popularity, similarity and index `versions` built as of `as_of`
     (`spark_jobs.ensure.ensure_datasets`); `rebuilt` (the jobs run first) is reported."""
@@ -199,7 +216,8 @@ def evaluate_all(settings: Settings, as_of: date, events_path: Path, versions: M
 
     say(f"reading events from {events_path}")
     events = load_events(events_path)
-    split = build_split(events, as_of)
+    plan = check_dates(events, as_of, test_days, rankers or [])
+    split = build_split(events, as_of, test_days=test_days)
     tick("split")
     lists: dict[str, ChannelRanking] = {}
     say("scoring MostPop")
@@ -242,17 +260,17 @@ def evaluate_all(settings: Settings, as_of: date, events_path: Path, versions: M
              f"version {versions['index']} in Redis."]
     ranker_figures: dict[str, dict[str, float]] = {}
     if rankers:
-        if as_of != SPLIT_DATE:
-            notes.append(f"rankers not evaluated: their training cut-offs are fixed for the {SPLIT_DATE} "
-                         "split")
-        else:
-            say(f"training and evaluating the rankers: {', '.join(rankers)}")
-            ranker_figures, ranker_notes = evaluate_rankers(events, rankers, say)
-            notes += ranker_notes
-            tick("rankers")
+        assert plan is not None  # check_dates made it for the rankers
+        say(f"training and evaluating the rankers: {', '.join(rankers)} ({plan.describe()})")
+        ranker_figures, ranker_notes = evaluate_rankers(events, plan, rankers, say, max_users)
+        if max_users is not None:
+            ranker_notes.append(f"Rankers trained on at most {max_users:,} users per cut-off (--max-users).")
+        notes += ranker_notes
+        tick("rankers")
     else:
         notes.append("rankers skipped (--skip-rankers)")
     seconds["total"] = round(time.perf_counter() - started, 2)
-    return FullEvaluation(as_of=as_of, events_path=events_path, users=len(split.users),
+    return FullEvaluation(as_of=as_of, test_days=test_days, events_path=events_path, users=len(split.users),
+                          reference=reference_rows(events, as_of) if test_days == TEST_DAYS else {},
                           versions=dict(versions), rebuilt=list(rebuilt), channels=channels,
                           merge=merge_figures, rankers=ranker_figures, notes=notes, seconds=seconds)

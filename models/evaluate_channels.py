@@ -31,12 +31,11 @@ from finegrain.dates import rows_before
 from finegrain.errors import DataError
 from finegrain.evaluation.protocol import (
     DEFAULT_KS,
-    REFERENCE,
     REFERENCE_NOTE,
-    SPLIT_DATE,
     EvaluationSplit,
     build_split,
     load_events,
+    reference_rows,
 )
 from finegrain.evaluation.report import fmt
 from finegrain.features.catalog import item_attributes_as_of
@@ -72,11 +71,8 @@ class ChannelEvaluation:
     figures: dict[str, dict[str, dict[str, float]]]
     seconds: float = 0.0
     short_lists: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def reference(self) -> dict[str, dict[str, dict[str, float]]]:
-        """The README's rows apply to its split only."""
-        return REFERENCE if self.as_of == SPLIT_DATE else {}
+    # variant -> the data set README's rows, when the split is its own (`protocol.reference_rows`)
+    reference: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +141,7 @@ def evaluate_channels(settings: Settings, as_of: date, events_path: Path, versio
     for variant in VARIANTS:
         say(f"splitting at {as_of} ({variant})")
         splits[variant] = build_split(events, as_of, explore=variant == "explore")
+    reference = {variant: rows for variant in splits if (rows := reference_rows(events, as_of, variant))}
     del events
     figures: dict[str, dict[str, dict[str, float]]] = {variant: {} for variant in VARIANTS}
     short: dict[str, dict[str, int]] = {variant: {} for variant in VARIANTS}
@@ -169,7 +166,8 @@ def evaluate_channels(settings: Settings, as_of: date, events_path: Path, versio
     return ChannelEvaluation(as_of=as_of, events_path=events_path, versions=dict(versions),
                              rebuilt=list(rebuilt),
                              users={variant: len(split.users) for variant, split in splits.items()},
-                             figures=figures, seconds=time.perf_counter() - started, short_lists=short)
+                             figures=figures, seconds=time.perf_counter() - started, short_lists=short,
+                             reference=reference)
 
 
 def table_rows(evaluation: ChannelEvaluation, variant: str) -> list[tuple[str, str, list[float | None]]]:

@@ -1,22 +1,26 @@
-"""Train the rankers (XGBoost, TensorFlow) and evaluate them on the data set README's protocol.
+"""Train the rankers (XGBoost, TensorFlow) as of a date and evaluate them on the data set README's protocol.
 
-    python -m models.evaluate_rankers [--ranker xgboost|tf|all] [--events PATH]
-        [--out var/reports/ranker] [--training-set PATH] [--tf-validate]
+    python -m models.evaluate_rankers [--ranker xgboost|tf|all] [--as-of D] [--test-days 30]
+        [--events PATH] [--out var/reports/ranker] [--training-set PATH] [--tf-validate]
 
-Steps (every date a midnight UTC):
-1. Choose the objective on a validation split that ends before the README's test window: train on the
-   cut-offs `VALID_TRAIN_CUTOFFS` (labels up to 2010-10-11), rank the candidates at 2010-10-11
-   (features before it, labels in the 30 days after) with each objective, keep the best NDCG@20.
-2. Train the final model with that objective on `TRAIN_CUTOFFS` (label windows ending by 2010-11-10).
-3. Rank the candidates of the README's users at 2010-11-10 (features before it) and compute HR /
-   Recall / NDCG @10 and @20 with `EvaluationSplit.evaluate` (targets: everything bought in the test
-   window, unseen items included), AUC over all candidate rows and per-user AUC (GAUC); next to it,
-   the item-to-item channel alone on the same candidates and the README's reference rows.
-The test window is read for the metrics only, after the model is trained.
+Every date comes from the as-of date through `finegrain.training.plan.TrainingPlan` (each a midnight
+UTC; without --as-of, the README's split, the data's last 30 days):
+1. Choose the objective on data before the evaluation split S only: train on the cut-offs
+   `plan.validation_train_cutoffs`, rank the candidates at `plan.validation_cutoff` (features before it,
+   labels in the window after) with each objective, keep the best NDCG@20.
+2. Train with that objective on `plan.scored_cutoffs` (label windows ending by S), rank the candidates
+   of the protocol's users at S (features before it) and compute HR / Recall / NDCG @10 and @20 with
+   `EvaluationSplit.evaluate` (targets: everything bought in the test window, unseen items included),
+   AUC over all candidate rows and per-user AUC (GAUC); next to it, the item-to-item channel alone on
+   the same candidates and, on the README's own split, its reference rows.
+3. When S is before the as-of date (a backtest: the model as of D has learnt from the test window),
+   train the model that is kept on `plan.train_cutoffs` with the same settings; otherwise it is the
+   model of step 2.
+The test window is read for the metrics only, after the scored model is trained.
 With `--ranker tf` or `all`, the TensorFlow ranker (`models.tf_ranker`) is trained on the same training
-set and ranked on the same README candidates (step 1 is XGBoost's; `--tf-validate` compares the TF
-architectures on the validation split instead). `--training-set PATH` trains on a set the Spark
-training-set job wrote instead of building one here.
+set and ranked on the same candidates (step 1 is XGBoost's; `--tf-validate` compares the TF
+architectures on the validation cut-off instead). `--training-set PATH` trains on a set the Spark
+training-set job wrote instead of building one here (cut-offs it lacks are built here).
 Outputs (with --out): model.ubj (the artifact bytes), manifest.json (feature list, config, metrics,
 sha256), evaluation.md; for the TF ranker tf_ranker/<version>/ (the SavedModel) and tf_evaluation.md.
 """
@@ -25,7 +29,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -35,14 +40,16 @@ import pandas as pd
 import typer
 
 from finegrain.console import fail
-from finegrain.dates import as_of_ms
+from finegrain.dates import as_of_ms, parse_as_of
+from finegrain.errors import DataError
 from finegrain.evaluation.metrics import auc, grouped_auc, ranking_metrics
-from finegrain.evaluation.protocol import REFERENCE as README_REFERENCE
-from finegrain.evaluation.protocol import SPLIT_DATE, EvaluationSplit, build_split, load_events
+from finegrain.evaluation.protocol import TEST_DAYS, EvaluationSplit, build_split, load_events, readme_split
+from finegrain.evaluation.protocol import reference_rows as readme_reference
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
 from finegrain.settings import get_settings
-from finegrain.training.training_set import LABEL_DAYS, TrainingSet, train_cutoffs, validation_cutoff
+from finegrain.training.plan import TrainingPlan
+from finegrain.training.training_set import LABEL_DAYS, TrainingSet, check_cutoffs
 from models.training_set import build_cutoff, build_training_set
 from models.xgboost_ranker import (
     OBJECTIVES,
@@ -57,14 +64,8 @@ from models.xgboost_ranker import (
 if TYPE_CHECKING:  # TensorFlow takes seconds to import: only the TF paths load it
     from models.tf_ranker import TFRanker, TFRankerConfig
 
-# Derived from the README protocol's split date, as for any as-of date: the final model trains on the
-# three cut-offs before it, the objective is chosen on the cut-off one label window earlier.
-VALID_CUTOFF = validation_cutoff(SPLIT_DATE)
-VALID_TRAIN_CUTOFFS = train_cutoffs(VALID_CUTOFF)
-TRAIN_CUTOFFS = train_cutoffs(SPLIT_DATE)
 KS = (10, 20)
 DEPTH = 20
-REFERENCE = {f"{name} (README)": figures for name, figures in README_REFERENCE["standard"].items()}
 COLUMNS = ("HR@10", "Recall@10", "NDCG@10", "HR@20", "Recall@20", "NDCG@20", "AUC", "GAUC")
 RANKERS = ("xgboost", "tf", "all")
 
@@ -112,13 +113,29 @@ def i2i_scores(rows: TrainingSet) -> np.ndarray:
     return np.where(values > 0, values, np.nan)
 
 
+def reference(events: pd.DataFrame, plan: TrainingPlan) -> dict[str, dict[str, float]]:
+    """The data set README's rows, labelled, when the plan is scored on the README's own split."""
+    if plan.test_days != TEST_DAYS:
+        return {}
+    return {f"{name} (README)": figures for name, figures in readme_reference(events, plan.split).items()}
+
+
+def _table(title: str, rows: dict[str, dict[str, float]]) -> list[str]:
+    return [title, "", "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS),
+            *[f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS) + " |"
+              for name, values in rows.items()], ""]
+
+
 @dataclass
 class RankerEvaluation:
+    plan: TrainingPlan
     objective: str
     validation: dict[str, dict[str, float]]
     table: dict[str, dict[str, float]]
     artifact: RankerArtifact
     training_set: dict[str, Any]
+    users: int
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     importance: list[tuple[str, float]] = field(default_factory=list)
 
@@ -128,18 +145,15 @@ class RankerEvaluation:
         return figures
 
     def markdown(self) -> str:
-        lines = ["# XGBoost ranker, README protocol (split 2010-11-10)", "",
-                 f"Objective `{self.objective}` (chosen on the validation split at {VALID_CUTOFF}). "
-                 f"Training set: {self.training_set}. Seconds: {self.seconds}.", "",
-                 "## Validation (cut-off 2010-10-11, labels before the test window)", "",
-                 "| objective | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-        lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS) + " |"
-                  for name, values in self.validation.items()]
-        lines += ["", "## Test (README protocol, 1,291 users)", "",
-                  "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-        lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS) + " |"
-                  for name, values in {**self.table, **REFERENCE}.items()]
-        lines += ["", "## Feature importance (share of total gain)", ""]
+        plan = self.plan
+        lines = [f"# XGBoost ranker {plan.describe()}", "",
+                 f"Objective `{self.objective}` (chosen on the validation cut-off {plan.validation_cutoff}). "
+                 f"Training set: {self.training_set}. Seconds: {self.seconds}.", ""]
+        lines += _table(f"## Validation (cut-off {plan.validation_cutoff}, labels before the test window)",
+                        self.validation)
+        lines += _table(f"## Test (README protocol from {plan.split}, {plan.test_days} days, {self.users:,} "
+                        "users)", {**self.table, **self.reference})
+        lines += ["## Feature importance (share of total gain)", ""]
         lines += [f"- {name}: {share}" for name, share in self.importance]
         return "\n".join(lines) + "\n"
 
@@ -152,118 +166,152 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _dates(dates: Sequence[date]) -> str:
+    return ", ".join(map(str, dates))
+
+
 def _round(figures: dict[str, float]) -> dict[str, float]:
     return {name: round(value, 4) for name, value in figures.items()}
 
 
-def choose_objective(events: pd.DataFrame, config: RankerConfig, objectives: tuple[str, ...] = OBJECTIVES,
-                     max_users: int | None = None) -> tuple[str, dict[str, dict[str, float]]]:
-    """Best objective by NDCG@20 on the validation cut-off; events at or after the README split are
-    dropped first, so the test window cannot influence the choice."""
-    before_test = events.loc[epoch_ms(events["timestamp"]) < as_of_ms(SPLIT_DATE)]
-    train = build_training_set(before_test, VALID_TRAIN_CUTOFFS, as_of=VALID_CUTOFF, max_users=max_users)
-    valid = build_cutoff(before_test, VALID_CUTOFF)
+def before_split(events: pd.DataFrame, plan: TrainingPlan) -> pd.DataFrame:
+    """What model selection may read: nothing from the evaluation split on."""
+    return events.loc[epoch_ms(events["timestamp"]) < as_of_ms(plan.split)]
+
+
+def validation_rows(events: pd.DataFrame, plan: TrainingPlan, max_users: int | None
+                    ) -> tuple[TrainingSet, TrainingSet]:
+    """(training rows, validation rows) of model selection, from the events before the split."""
+    earlier = before_split(events, plan)
+    train = build_training_set(earlier, plan.validation_train_cutoffs, as_of=plan.validation_cutoff,
+                               max_users=max_users)
+    return train, build_cutoff(earlier, plan.validation_cutoff)
+
+
+def choose_objective(events: pd.DataFrame, plan: TrainingPlan, config: RankerConfig,
+                     objectives: tuple[str, ...] = OBJECTIVES, max_users: int | None = None
+                     ) -> tuple[str, dict[str, dict[str, float]]]:
+    """Best objective by NDCG@20 on the validation cut-off, from the events before the split."""
+    train, valid = validation_rows(events, plan, max_users)
     figures = {"item_to_item alone": _round(group_metrics(valid, i2i_scores(valid)))}
     for objective in objectives:
-        ranker, _ = train_ranker(train, _with(config, objective=objective))
+        ranker, _ = train_ranker(train, replace(config, objective=objective))
         figures[objective] = _round(group_metrics(valid, ranker.score(valid.features)))
     best = max(objectives, key=lambda name: figures[name]["NDCG@20"])
     return best, figures
 
 
-def _with(config: RankerConfig, **changes: Any) -> RankerConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)
-
-
 @dataclass(frozen=True)
-class ReadmeRows:
-    """The README users' candidates at the split date (features before it) and the split itself."""
+class TestRows:
+    """The protocol users' candidates at the plan's split (features before it) and the split itself."""
 
     rows: TrainingSet
     split: EvaluationSplit
 
     @classmethod
-    def build(cls, events: pd.DataFrame) -> ReadmeRows:
-        return cls(build_cutoff(events, SPLIT_DATE), build_split(events, SPLIT_DATE))
+    def build(cls, events: pd.DataFrame, plan: TrainingPlan) -> TestRows:
+        return cls(build_cutoff(events, plan.split, label_days=plan.test_days),
+                   build_split(events, plan.split, test_days=plan.test_days))
 
     def summary(self) -> dict[str, Any]:
         return {"rows": len(self.rows.labels), "candidate_recall": round(self.rows.candidate_recall(), 4)}
 
 
-def training_rows(events: pd.DataFrame, train_cutoffs: tuple[date, ...], max_users: int | None,
-                  say: Any) -> tuple[TrainingSet, float]:
+def scored_cutoffs(train: TrainingSet, plan: TrainingPlan) -> list[date]:
+    """The cut-offs of the set the scored model may learn from: label windows ending by the split."""
+    return [c for c in train.cutoff_dates() if c + timedelta(days=LABEL_DAYS) <= plan.split]
+
+
+def training_rows(events: pd.DataFrame, plan: TrainingPlan, max_users: int | None, say: Any,
+                  have: TrainingSet | None = None) -> tuple[TrainingSet, float]:
+    """The rows of a run: built here for `plan.cutoffs`, or `have` (a pre-built set, checked, its own
+    cut-offs honoured) with the plan's scored cut-offs built here if it holds none before the split.
+    The model kept learns from every cut-off of the set, the scored one from those before the split."""
     started = time.perf_counter()
-    say(f"building the training set (cut-offs {', '.join(map(str, train_cutoffs))})")
-    train = build_training_set(events, train_cutoffs, as_of=SPLIT_DATE, max_users=max_users)
+    if have is None:
+        missing, parts = list(plan.cutoffs), []
+    else:
+        have = check_training_set(have, plan)
+        missing = [] if scored_cutoffs(have, plan) else list(plan.scored_cutoffs)
+        parts = [have]
+    if missing:
+        say(f"building the training set (cut-offs {', '.join(map(str, missing))})")
+        parts.append(build_training_set(events, missing, as_of=plan.as_of, max_users=max_users))
+    train = parts[0] if len(parts) == 1 else TrainingSet.concat(parts)
     say(f"  {train.summary()}")
     return train, round(time.perf_counter() - started, 2)
 
 
-def check_training_set(train: TrainingSet) -> TrainingSet:
-    """A pre-built set (the Spark job's) must use the serving layout and end before the test window."""
+def check_training_set(train: TrainingSet, plan: TrainingPlan) -> TrainingSet:
+    """A pre-built set (the Spark job's) must use the serving layout and end by the as-of date."""
     if tuple(train.feature_names) != RANKING_FEATURE_NAMES:
-        raise ValueError("the training set was built with another feature layout than the serving code's")
-    late = sorted({c for c in train.group_cutoffs.astype(str).tolist()
-                   if date.fromisoformat(c) + timedelta(days=LABEL_DAYS) > SPLIT_DATE})
-    if late:
-        raise ValueError(f"the training set holds cut-off(s) {', '.join(late)} whose {LABEL_DAYS}-day label "
-                         f"window runs past the README split {SPLIT_DATE}: it would train on the "
-                         "evaluation window")
+        raise DataError("the training set was built with another feature layout than the serving code's")
+    try:
+        check_cutoffs(train.cutoff_dates(), plan.as_of)
+    except ValueError as exc:
+        raise DataError(f"the training set does not fit a model as of {plan.as_of}: {exc}") from None
     return train
 
 
-def evaluate(events: pd.DataFrame, *, config: RankerConfig | None = None, objective: str | None = None,
-             train_cutoffs: tuple[date, ...] = TRAIN_CUTOFFS, max_users: int | None = None,
-             say: Any = print, train: TrainingSet | None = None, test: ReadmeRows | None = None
-             ) -> RankerEvaluation:
-    """Choose the objective (unless given), train the final model, evaluate it on the README split.
-    `train` / `test`: rows built already (shared with the TF ranker, or read from the Spark job)."""
+def evaluate(events: pd.DataFrame, plan: TrainingPlan, *, config: RankerConfig | None = None,
+             objective: str | None = None, max_users: int | None = None, say: Any = print,
+             train: TrainingSet | None = None, test: TestRows | None = None) -> RankerEvaluation:
+    """Choose the objective (unless given), train and score the plan's scored model, then the model kept.
+    `train`: rows built already (shared with the TF ranker, or the Spark job's; cut-offs it lacks are
+    built here); `test`: the test candidates, built already."""
     config = config or RankerConfig()
     seconds: dict[str, float] = {}
     validation: dict[str, dict[str, float]] = {}
+    say(f"XGBoost ranker {plan.describe()}")
     if objective is None:
         started = time.perf_counter()
-        say(f"choosing the objective on the validation cut-off {VALID_CUTOFF}")
-        objective, validation = choose_objective(events, config, max_users=max_users)
+        say(f"choosing the objective on the validation cut-off {plan.validation_cutoff}")
+        objective, validation = choose_objective(events, plan, config, max_users=max_users)
         seconds["choose_objective"] = round(time.perf_counter() - started, 2)
         say(f"  {json.dumps(validation)}\n  -> {objective}")
-    config = _with(config, objective=objective)
+    config = replace(config, objective=objective)
+    train, seconds["training_set"] = training_rows(events, plan, max_users, say, have=train)
 
-    if train is None:
-        train, seconds["training_set"] = training_rows(events, train_cutoffs, max_users, say)
-    say(f"training ({objective}, {config.rounds} rounds, nthread={config.nthread})")
-    ranker, facts = train_ranker(check_training_set(train), config)
+    say(f"training ({objective}, {config.rounds} rounds, nthread={config.nthread}) on the cut-offs "
+        f"{_dates(scored_cutoffs(train, plan))}")
+    scored, facts = train_ranker(train.select(scored_cutoffs(train, plan)), config)
     seconds["train"] = facts["train_seconds"]
-
     started = time.perf_counter()
-    say(f"ranking the README users' candidates at {SPLIT_DATE}")
-    test = test or ReadmeRows.build(events)
+    say(f"ranking the protocol users' candidates at {plan.split}")
+    test = test or TestRows.build(events, plan)
     rows, split = test.rows, test.split
-    table = {
-        f"XGBoost ranker ({objective})": _round(split_metrics(rows, ranker.score(rows.features), split)),
-        "item_to_item alone (same candidates)": _round(split_metrics(rows, i2i_scores(rows), split)),
-    }
+    name = f"XGBoost ranker ({objective})"
+    table = {name: _round(split_metrics(rows, scored.score(rows.features), split)),
+             "item_to_item alone (same candidates)": _round(split_metrics(rows, i2i_scores(rows), split))}
     seconds["evaluate"] = round(time.perf_counter() - started, 2)
-    metrics = {"test": table[f"XGBoost ranker ({objective})"], "validation": validation.get(objective, {}),
-               "test_candidates": test.summary(), **facts}
-    artifact = ranker.artifact(metrics)
+    kept = scored
+    if plan.backtest:
+        say(f"training the model as of {plan.as_of} (cut-offs {_dates(train.cutoff_dates())})")
+        kept, final_facts = train_ranker(train, config)
+        seconds["train_kept"] = final_facts["train_seconds"]
+        facts = {**facts, "kept_train_seconds": final_facts["train_seconds"]}
+    metrics = {"test": table[name], "validation": validation.get(objective, {}),
+               "test_candidates": test.summary(), "plan": plan.as_dict(), **facts}
     summary = train.summary()
-    return RankerEvaluation(objective=objective, validation=validation, table=table, artifact=artifact,
+    return RankerEvaluation(plan=plan, objective=objective, validation=validation, table=table,
+                            artifact=kept.artifact(metrics), users=len(split.users),
+                            reference=reference(events, plan),
                             training_set={k: v for k, v in summary.items() if k != "seconds"},
-                            seconds=seconds, importance=feature_importance(ranker))
+                            seconds=seconds, importance=feature_importance(kept))
 
 
 @dataclass
 class TFEvaluation:
     """The TensorFlow ranker trained and ranked like the XGBoost one (same rows, same split)."""
 
+    plan: TrainingPlan
     ranker: TFRanker
     table: dict[str, dict[str, float]]
     facts: dict[str, Any]
     history: dict[str, list[float]]
     training_set: dict[str, Any]
+    users: int
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     validation: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -276,40 +324,33 @@ class TFEvaluation:
         return self.table[self.name]
 
     def markdown(self) -> str:
-        config = self.ranker.config
-        lines = [f"# TensorFlow ranker ({config.architecture}), README protocol (split {SPLIT_DATE})", "",
+        plan = self.plan
+        lines = [f"# TensorFlow ranker ({self.ranker.config.architecture}) {plan.describe()}", "",
                  f"Config: {self.ranker.metadata['config']}. Training facts: {self.facts}. "
                  f"Training set: {self.training_set}. Seconds: {self.seconds}.", ""]
         if self.validation:
-            lines += [f"## Validation (cut-off {VALID_CUTOFF}, labels before the test window)", "",
-                      "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-            lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS) + " |"
-                      for name, values in self.validation.items()]
-            lines.append("")
-        lines += ["## Test (README protocol, 1,291 users)", "",
-                  "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-        lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS) + " |"
-                  for name, values in {**self.table, **REFERENCE}.items()]
+            lines += _table(f"## Validation (cut-off {plan.validation_cutoff}, labels before the test "
+                            "window)", self.validation)
+        lines += _table(f"## Test (README protocol from {plan.split}, {plan.test_days} days, {self.users:,} "
+                        "users)", {**self.table, **self.reference})
         curve = ", ".join(f"{v:.4f}" for v in self.history.get("holdout_ndcg@20", []))
-        lines += ["", f"Held-out NDCG@20 per epoch (early stopping): {curve}"]
+        lines += [f"Held-out NDCG@20 per epoch (early stopping): {curve}"]
         return "\n".join(lines) + "\n"
 
 
-def compare_architectures(events: pd.DataFrame, config: TFRankerConfig, max_users: int | None = None,
-                          say: Any = print) -> dict[str, dict[str, float]]:
-    """Each TF architecture (and XGBoost, for scale) on the validation cut-off; like the objective
-    choice, the events from the README split on are dropped first."""
+def compare_architectures(events: pd.DataFrame, plan: TrainingPlan, config: TFRankerConfig,
+                          max_users: int | None = None, say: Any = print) -> dict[str, dict[str, float]]:
+    """Each TF architecture (and XGBoost, for scale) on the validation cut-off, from the events before
+    the split, like the objective choice."""
     from models.tf_ranker import ARCHITECTURES, train_tf_ranker
 
-    before_test = events.loc[epoch_ms(events["timestamp"]) < as_of_ms(SPLIT_DATE)]
-    train = build_training_set(before_test, VALID_TRAIN_CUTOFFS, as_of=VALID_CUTOFF, max_users=max_users)
-    valid = build_cutoff(before_test, VALID_CUTOFF)
+    train, valid = validation_rows(events, plan, max_users)
     figures = {"item_to_item alone": _round(group_metrics(valid, i2i_scores(valid)))}
     xgb_ranker, _ = train_ranker(train, RankerConfig())
     figures["XGBoost (binary:logistic)"] = _round(group_metrics(valid, xgb_ranker.score(valid.features)))
     for architecture in ARCHITECTURES:
         started = time.perf_counter()
-        trained = train_tf_ranker(train, _with_tf(config, architecture=architecture))
+        trained = train_tf_ranker(train, replace(config, architecture=architecture))
         scores = trained.ranker.score(valid.features, valid.item_ids)
         figures[f"TF {architecture}"] = {**_round(group_metrics(valid, scores)),
                                          "seconds": round(time.perf_counter() - started, 1)}
@@ -317,37 +358,31 @@ def compare_architectures(events: pd.DataFrame, config: TFRankerConfig, max_user
     return figures
 
 
-def _with_tf(config: TFRankerConfig, **changes: Any) -> TFRankerConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)
-
-
-def evaluate_tf(events: pd.DataFrame, *, config: TFRankerConfig | None = None,
-                train_cutoffs: tuple[date, ...] = TRAIN_CUTOFFS, max_users: int | None = None,
-                say: Any = print, train: TrainingSet | None = None, test: ReadmeRows | None = None,
-                validate: bool = False) -> TFEvaluation:
-    """Train the TF ranker on the training cut-offs and evaluate it on the README split."""
+def evaluate_tf(events: pd.DataFrame, plan: TrainingPlan, *, config: TFRankerConfig | None = None,
+                max_users: int | None = None, say: Any = print, train: TrainingSet | None = None,
+                test: TestRows | None = None, validate: bool = False) -> TFEvaluation:
+    """Train and score the TF ranker as the plan says (the scored model, then the model kept)."""
     from models.tf_ranker import TFRankerConfig, train_tf_ranker
 
     config = config or TFRankerConfig()
     seconds: dict[str, float] = {}
     validation: dict[str, dict[str, float]] = {}
+    say(f"TensorFlow ranker {plan.describe()}")
     if validate:
         started = time.perf_counter()
-        say(f"comparing the TF architectures on the validation cut-off {VALID_CUTOFF}")
-        validation = compare_architectures(events, config, max_users=max_users, say=say)
+        say(f"comparing the TF architectures on the validation cut-off {plan.validation_cutoff}")
+        validation = compare_architectures(events, plan, config, max_users=max_users, say=say)
         seconds["validate"] = round(time.perf_counter() - started, 2)
-    if train is None:
-        train, seconds["training_set"] = training_rows(events, train_cutoffs, max_users, say)
+    train, seconds["training_set"] = training_rows(events, plan, max_users, say, have=train)
     say(f"training the TF ranker ({config.architecture}, at most {config.epochs} epochs, "
-        f"{config.threads} threads)")
-    trained = train_tf_ranker(check_training_set(train), config, say=lambda line: say(f"  {line}"))
+        f"{config.threads} threads) on the cut-offs {_dates(scored_cutoffs(train, plan))}")
+    trained = train_tf_ranker(train.select(scored_cutoffs(train, plan)), config,
+                              say=lambda line: say(f"  {line}"))
     seconds["train"] = trained.facts["train_seconds"]
 
     started = time.perf_counter()
-    say(f"ranking the README users' candidates at {SPLIT_DATE}")
-    test = test or ReadmeRows.build(events)
+    say(f"ranking the protocol users' candidates at {plan.split}")
+    test = test or TestRows.build(events, plan)
     scoring = time.perf_counter()
     scores = trained.ranker.score(test.rows.features, test.rows.item_ids)
     seconds["score_rows"] = round(time.perf_counter() - scoring, 2)
@@ -357,10 +392,17 @@ def evaluate_tf(events: pd.DataFrame, *, config: TFRankerConfig | None = None,
                                                                           test.split))}
     seconds["evaluate"] = round(time.perf_counter() - started, 2)
     facts = {**trained.facts, "test_candidates": test.summary()}
-    trained.ranker.metadata["metrics"] = {"test": table[name], **trained.facts}
+    kept = trained
+    if plan.backtest:
+        say(f"training the model as of {plan.as_of} (cut-offs {_dates(train.cutoff_dates())})")
+        kept = train_tf_ranker(train, config, say=lambda line: say(f"  {line}"))
+        seconds["train_kept"] = kept.facts["train_seconds"]
+        facts["kept"] = kept.facts
+    kept.ranker.metadata["metrics"] = {"test": table[name], "plan": plan.as_dict(), **trained.facts}
     summary = train.summary()
-    return TFEvaluation(ranker=trained.ranker, table=table, facts=facts, history=trained.history,
+    return TFEvaluation(plan=plan, ranker=kept.ranker, table=table, facts=facts, history=kept.history,
                         training_set={k: v for k, v in summary.items() if k != "seconds"},
+                        users=len(test.split.users), reference=reference(events, plan),
                         seconds=seconds, validation=validation)
 
 
@@ -369,12 +411,14 @@ def comparison_markdown(results: list[RankerEvaluation | TFEvaluation]) -> str:
     rows: dict[str, dict[str, float]] = {}
     for result in results:
         rows.update(result.table)
-    lines = ["# Rankers on the README protocol (same training set, same candidates)", "",
+    plan = results[0].plan
+    lines = [f"# Rankers {plan.describe()} (same training set, same candidates)", "",
              "| model | " + " | ".join(COLUMNS) + " | train s |", "|---|" + "---|" * (len(COLUMNS) + 1)]
     train_seconds = {name: result.seconds.get("train") for result in results for name in result.table
                      if "alone" not in name}
     lines += [f"| {name} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS)
-              + f" | {_seconds(train_seconds.get(name))} |" for name, values in {**rows, **REFERENCE}.items()]
+              + f" | {_seconds(train_seconds.get(name))} |"
+              for name, values in {**rows, **results[0].reference}.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -401,6 +445,11 @@ def main(
     events_path: Annotated[Path | None, typer.Option(
         "--events", help="Canonical events Parquet (default: the loaded data, Settings.events_path).",
         show_default=False)] = None,
+    as_of: Annotated[str, typer.Option(
+        "--as-of", help="The models' as-of date (YYYY-MM-DD); default: the README's split, the data's last "
+        "test window.", show_default=False)] = "",
+    test_days: Annotated[int, typer.Option("--test-days", min=1, help="Length of the test window.")
+                         ] = TEST_DAYS,
     out: Annotated[Path | None, typer.Option(help="Folder for the model, manifest and Markdown tables.",
                                              show_default=False)] = None,
     training_set: Annotated[Path | None, typer.Option(
@@ -423,18 +472,22 @@ def main(
     if objective is not None and objective not in OBJECTIVES:
         raise fail(f"bad --objective {objective!r}: one of {', '.join(OBJECTIVES)}")
     started = time.perf_counter()
-    events = load_events(events_path or get_settings().events_path)
-    train = None
-    if training_set is not None:
-        from models.training_set_io import read_training_set
+    try:
+        events = load_events(events_path or get_settings().events_path)
+        date_ = parse_as_of(as_of) if as_of else readme_split(events, test_days)
+        plan = TrainingPlan.for_events(events, date_, test_days)
+        have = None
+        if training_set is not None:
+            from models.training_set_io import read_training_set
 
-        train = read_training_set(training_set)
-    test = ReadmeRows.build(events)
-    if train is None:
-        train, _ = training_rows(events, TRAIN_CUTOFFS, None, print)
+            have = read_training_set(training_set)
+        train, _ = training_rows(events, plan, None, print, have=have)
+        test = TestRows.build(events, plan)
+    except DataError as exc:
+        raise fail(str(exc)) from None
     results: list[RankerEvaluation | TFEvaluation] = []
     if ranker in ("xgboost", "all"):
-        result = evaluate(events, config=RankerConfig(rounds=rounds), objective=objective,
+        result = evaluate(events, plan, config=RankerConfig(rounds=rounds), objective=objective,
                           train=train, test=test)
         result.seconds["total"] = round(time.perf_counter() - started, 2)
         print(result.markdown())
@@ -452,7 +505,7 @@ def main(
             changes["epochs"] = epochs
         if architecture is not None:
             changes["architecture"] = architecture
-        tf_result = evaluate_tf(events, config=TFRankerConfig(**changes), train=train, test=test,
+        tf_result = evaluate_tf(events, plan, config=TFRankerConfig(**changes), train=train, test=test,
                                 validate=tf_validate)
         print(tf_result.markdown())
         if out:

@@ -1,6 +1,9 @@
-"""One training run of a ranker (XGBoost or TensorFlow), end to end: train and evaluate on the README
-protocol (`models.evaluate_rankers`), store the artifact and its manifest in the registry, then publish
-it to ZooKeeper if it passes its quality gate (the run stays registered either way).
+"""One training run of a ranker (XGBoost or TensorFlow) as of a date, end to end: train and evaluate on the
+README protocol as `finegrain.training.plan.TrainingPlan` derives it from the as-of date
+(`models.evaluate_rankers`; by default the as-of date is the day after the data's last event, so the
+model learns from every day and is scored by a backtest on the last 30 days), store the artifact and its
+manifest in the registry, then publish it to ZooKeeper if it passes its quality gate (the run stays
+registered either way).
 
 Artifacts: the XGBoost booster as UBJSON bytes (`ranker_xgboost`); the TF ranker as its SavedModel
 folder laid out for TF Serving (`ranker_tf`: `<version>/saved_model.pb`, `variables/`, `assets.extra/`),
@@ -11,13 +14,15 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from finegrain.evaluation.protocol import SPLIT_DATE, load_events
+from finegrain.dates import data_end
+from finegrain.evaluation.protocol import TEST_DAYS, load_events
 from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings
+from finegrain.training.plan import TrainingPlan
 from finegrain.training.training_set import TrainingSet
 from models.evaluate_rankers import RankerEvaluation, TFEvaluation, evaluate, evaluate_tf
 from models.publishing import ModelPublisher, PublishResult, run_summary
@@ -29,8 +34,6 @@ MODEL_NAMES = {"xgboost": "ranker_xgboost", "tf": "ranker_tf"}
 FRAMEWORKS = {"xgboost": "xgboost", "tf": "tensorflow"}
 MODEL_NAME = MODEL_NAMES["xgboost"]
 GATE_METRIC = "ndcg@20"
-# Names the evaluation the gate compares on: two versions are comparable only on the same one.
-EVALUATION = f"readme-protocol-{SPLIT_DATE}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def train_register_publish(
     events_path: Path,
     *,
     kind: str = "xgboost",
+    as_of: date | None = None,
+    test_days: int = TEST_DAYS,
     rounds: int | None = None,
     objective: str | None = None,
     epochs: int | None = None,
@@ -69,21 +74,26 @@ def train_register_publish(
     publish: bool = True,
     say: Any = print,
 ) -> RankerRun:
-    """`training_set`: rows built elsewhere (the Spark job's) instead of building them from the events;
-    the evaluation always reads the events (the README split)."""
+    """`as_of`: the model's date (default: the day after the data's last event); `training_set`: rows
+    built elsewhere (the Spark job's) instead of building them from the events (cut-offs it lacks are
+    built here); the evaluation always reads the events."""
     if kind not in KINDS:
         raise ValueError(f"ranker kind {kind!r}: one of {', '.join(KINDS)}")
     started = time.perf_counter()
     events = load_events(events_path)
+    plan = TrainingPlan.for_events(events, as_of or data_end(events), test_days)
     name = MODEL_NAMES[kind]
-    params: dict[str, object] = {"gate_metric": GATE_METRIC, "evaluation": EVALUATION}
+    # `evaluation` names what the gate compares on (the protocol and its window), `evaluation_split`
+    # where this run's window starts.
+    params: dict[str, object] = {"gate_metric": GATE_METRIC, "evaluation": plan.evaluation,
+                                 "evaluation_split": plan.split.isoformat()}
     if training_set_uri:
         params["training_set"] = training_set_uri
     registry = ModelRegistry(settings)
     evaluation: RankerEvaluation | TFEvaluation
     if kind == "xgboost":
         config = RankerConfig() if rounds is None else RankerConfig(rounds=rounds)
-        evaluation = evaluate(events, config=config, objective=objective, max_users=max_users, say=say,
+        evaluation = evaluate(events, plan, config=config, objective=objective, max_users=max_users, say=say,
                               train=training_set)
         artifact = evaluation.artifact
         params.update({"objective": evaluation.objective, "format": artifact.format,
@@ -91,13 +101,14 @@ def train_register_publish(
         say(f"registering {name} ({len(artifact.model):,} bytes)")
         manifest = registry.register(
             name, artifact.model, features=artifact.feature_names, metrics=protocol_metrics(evaluation),
-            params=params, data_snapshot=_snapshot(events_path, evaluation.training_set),
+            params=params, data_snapshot=_snapshot(events_path, plan, evaluation.training_set),
             framework=FRAMEWORKS[kind])
     else:
         from models.tf_ranker import FORMAT, TFRankerConfig
 
         tf_config = TFRankerConfig() if epochs is None else TFRankerConfig(epochs=epochs)
-        evaluation = evaluate_tf(events, config=tf_config, max_users=max_users, say=say, train=training_set)
+        evaluation = evaluate_tf(events, plan, config=tf_config, max_users=max_users, say=say,
+                                 train=training_set)
         ranker = evaluation.ranker
         params.update({"format": FORMAT, "architecture": tf_config.architecture,
                        "epochs_run": evaluation.facts.get("epochs_run", ""),
@@ -109,7 +120,7 @@ def train_register_publish(
             say(f"registering {name} (SavedModel {version_folder.name}/)")
             manifest = registry.register(
                 name, Path(folder), features=ranker.feature_names, metrics=protocol_metrics(evaluation),
-                params=params, data_snapshot=_snapshot(events_path, evaluation.training_set),
+                params=params, data_snapshot=_snapshot(events_path, plan, evaluation.training_set),
                 framework=FRAMEWORKS[kind])
     result = None
     if publish:
@@ -119,8 +130,8 @@ def train_register_publish(
     return RankerRun(manifest, evaluation, result, time.perf_counter() - started)
 
 
-def _snapshot(events_path: Path, training_set: dict[str, Any]) -> DataSnapshot:
-    return DataSnapshot(as_of_date=SPLIT_DATE.isoformat(), events_uri=str(events_path),
+def _snapshot(events_path: Path, plan: TrainingPlan, training_set: dict[str, Any]) -> DataSnapshot:
+    return DataSnapshot(as_of_date=plan.as_of.isoformat(), events_uri=str(events_path),
                         rows=int(training_set.get("rows", 0)), events_sha256=file_sha256(events_path))
 
 

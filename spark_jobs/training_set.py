@@ -8,8 +8,8 @@ the per-user work spread over Spark partitions.
 Output: a training set as `models.training_set_io` reads it (Parquet part files plus
 `_manifest.json`), by default under `{var_dir}/training_sets/{as_of}-{build time}`.
 
-How the work is laid out, per cut-off c (default cut-offs: `train_cutoffs(as_of)` of
-`finegrain.training.training_set`; each label window must end by the as-of date):
+How the work is laid out, per cut-off c (default cut-offs: what a ranker training run as of the date
+needs, `finegrain.training.plan.TrainingPlan.cutoffs`; each label window must end by the as-of date):
 1. The driver builds what serving would hold as of c and what every user shares: the item table,
    the item lookup, the cosine neighbour matrix and the MostPop list (`CutoffInputs.build` with no
    user), and picks the users (`cutoff_users`, the same draw as the pandas builder). These need the
@@ -65,6 +65,7 @@ from finegrain.dates import as_of_ms, midnight_utc, parse_as_of
 from finegrain.errors import FinegrainError
 from finegrain.settings import Settings, get_settings
 from finegrain.training.candidates import CandidateConfig
+from finegrain.training.plan import TrainingPlan
 from finegrain.training.training_set import (
     LABEL_DAYS,
     CutoffInputs,
@@ -72,7 +73,6 @@ from finegrain.training.training_set import (
     check_cutoffs,
     cutoff_users,
     rows_for_users,
-    train_cutoffs,
     user_inputs,
 )
 from models.training_set_io import (
@@ -130,6 +130,20 @@ def parse_cutoffs(text: str) -> tuple[date, ...]:
             raise JobError(f"bad --cutoffs entry {part!r}: expected dates as YYYY-MM-DD, comma-separated") \
                 from None
     return tuple(dates)
+
+
+def plan_cutoffs(events_path: Path, as_of: date) -> tuple[date, ...]:
+    """The cut-offs of a ranker training run as of `as_of` on these events (`TrainingPlan.cutoffs`)."""
+    import pyarrow.compute as pc
+
+    from finegrain.data.retail import read_events_table
+
+    timestamps = read_events_table(events_path).column("timestamp")
+    if len(timestamps) == 0:
+        raise JobError(f"no events in {events_path}")
+    bounds = pc.min_max(timestamps).as_py()
+    first, last = bounds["min"], bounds["max"]
+    return TrainingPlan.within(as_of, first.date(), last.date() + timedelta(days=1)).cutoffs
 
 
 def checked_cutoffs(cutoffs: Sequence[date], as_of: date, label_days: int) -> tuple[date, ...]:
@@ -289,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--out", help="Output folder (default: {var_dir}/training_sets/{as_of}-{build time}).",
             show_default=False)] = None,
         cutoffs: Annotated[str | None, typer.Option(
-            "--cutoffs", help="Comma-separated cut-off dates "
-            "(default: three, 30 days apart, the last 30 days before --as-of).",
+            "--cutoffs", help="Comma-separated cut-off dates (default: every cut-off a ranker training "
+            "run as of --as-of needs, finegrain.training.plan: three 30 days apart, the last 30 days "
+            "before --as-of, and those of its backtest when the data ends before a test window after it).",
             show_default=False)] = None,
         max_users: Annotated[int | None, typer.Option("--max-users", help="Users drawn per cut-off (quick "
                                                       "runs); 0: every user, as without the option (a DAG "
@@ -303,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             as_of_date = parse_as_of(as_of)
             request = TrainingSetRequest(
                 as_of=as_of_date,
-                cutoffs=checked_cutoffs(parse_cutoffs(cutoffs) if cutoffs else train_cutoffs(as_of_date),
+                cutoffs=checked_cutoffs(parse_cutoffs(cutoffs) if cutoffs
+                                        else plan_cutoffs(events or settings.events_path, as_of_date),
                                         as_of_date, label_days),
                 out=out or default_out(settings, as_of_date),
                 events_path=events or settings.events_path,

@@ -21,6 +21,9 @@ every real id still exists in the synthetic set):
   synthetic catalogue (a random line's item, in a random copy). Swapping whole pairs rather than
   single lines keeps a user's repeat purchases repeats; swapping lines would break them and lower
   the repeat rate. A swapped line takes the catalogue description and price of its new item.
+- another calendar: `move_weeks` moves the whole data set by that many weeks (whole weeks again, so
+  the weekdays stay), e.g. 156 for a shop three years later: data of the same schema and shape whose
+  dates are none of the sample data's, to run every job, model and evaluation on.
 
 Rows are written copy by copy, each in the order of the input. Everything is vectorised (NumPy and
 Arrow kernels, Python loops only over copies and over the few thousand distinct ids), and each copy
@@ -48,6 +51,7 @@ from finegrain.data.retail import (
     report_dict,
     write_dataset,
 )
+from finegrain.dates import DAY_MS
 from finegrain.errors import DataError
 
 DEFAULT_SWAP_FRACTION = 0.1
@@ -71,6 +75,7 @@ class SyntheticReport:
     swap_fraction: float
     max_shift_weeks: int
     clean_rows: int
+    move_weeks: int
     users: int
     items: int
     baskets: int
@@ -100,6 +105,7 @@ def generate_synthetic(
     *,
     swap_fraction: float = DEFAULT_SWAP_FRACTION,
     max_shift_weeks: int = DEFAULT_MAX_SHIFT_WEEKS,
+    move_weeks: int = 0,
     source: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> SyntheticReport:
@@ -135,6 +141,10 @@ def generate_synthetic(
         copies.append(table)
         swapped_lines += swapped
     synthetic = pa.concat_tables(copies)
+    if move_weeks:
+        moved = pc.add(pc.cast(synthetic.column("timestamp"), pa.int64()), move_weeks * 7 * DAY_MS)
+        synthetic = synthetic.set_column(synthetic.schema.get_field_index("timestamp"), "timestamp",
+                                         pc.cast(moved, _MS_TIMESTAMP))
 
     say("building the catalogue")
     synthetic_catalog = build_catalog(synthetic)
@@ -152,6 +162,7 @@ def generate_synthetic(
             swap_fraction=swap_fraction,
             max_shift_weeks=max_shift_weeks,
             clean_rows=synthetic.num_rows,
+            move_weeks=move_weeks,
             **counts,
             swapped_lines=swapped_lines,
             shape=shape,

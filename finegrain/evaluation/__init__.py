@@ -1,10 +1,15 @@
 """Offline evaluation: the data set README's protocol (`protocol`) and ranking metrics (`metrics`)."""
 
 from finegrain.evaluation.metrics import auc, grouped_auc, hit_matrix, ranking_metrics
-from finegrain.evaluation.protocol import SPLIT_DATE, EvaluationSplit, build_split, load_events, most_popular
+from finegrain.evaluation.protocol import (
+    EvaluationSplit,
+    build_split,
+    load_events,
+    most_popular,
+    readme_split,
+)
 
 __all__ = [
-    "SPLIT_DATE",
     "EvaluationSplit",
     "auc",
     "build_split",
@@ -13,4 +18,5 @@ __all__ = [
     "load_events",
     "most_popular",
     "ranking_metrics",
+    "readme_split",
 ]

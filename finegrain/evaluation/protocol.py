@@ -1,8 +1,10 @@
 """The offline evaluation protocol of the data set README, on the canonical events (pandas).
 
-- Global temporal split at 2010-11-10 (midnight; timestamps are the invoices' wall-clock times):
-  train = every purchase before, test = the 30 days from that date (to the end of the data).
-- Evaluated users: customers with a purchase in train and in test (1,291 on the real data).
+- Global temporal split at a date's midnight (timestamps are the invoices' wall-clock times): train =
+  every purchase before, test = the `test_days` (30) from that date. The README's own split is the
+  last 30 days of the data (`readme_split`: 2010-11-10 on the sample data); any other date inside the
+  data is the same protocol at another point in time.
+- Evaluated users: customers with a purchase in train and in test (1,291 on the sample data).
 - Target: the distinct items a user bought in the test window, including items never seen in train
   (they cannot be recommended but count in Recall's denominator).
 - Candidates: every item seen in train.
@@ -24,12 +26,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from finegrain.data.retail import read_events
-from finegrain.dates import midnight_utc, utc_timestamps
+from finegrain.dates import data_end, midnight_utc, utc_timestamps
 from finegrain.errors import DataError
 from finegrain.evaluation.metrics import hit_matrix, ranking_metrics
 from finegrain.schemas import PurchaseHistory
 
-SPLIT_DATE = date(2010, 11, 10)
 TEST_DAYS = 30
 DEFAULT_KS = (10, 20)
 _DAY = np.timedelta64(1, "D")
@@ -118,7 +119,7 @@ def load_events(path: Path) -> pd.DataFrame:
     return read_events(path)
 
 
-def build_split(events: pd.DataFrame, split_date: date = SPLIT_DATE, *, explore: bool = False,
+def build_split(events: pd.DataFrame, split_date: date, *, explore: bool = False,
                 test_days: int = TEST_DAYS) -> EvaluationSplit:
     missing = {"user_id", "item_id", "invoice", "quantity", "timestamp"} - set(events.columns)
     if missing:
@@ -176,7 +177,18 @@ def most_popular(split: EvaluationSplit, depth: int | None = None) -> list[str]:
     return ids[:depth] if depth else ids
 
 
-# The data set README's reference rows (test from 2010-11-10 on the real data); HR@20 is not given.
+def readme_split(events: pd.DataFrame, test_days: int = TEST_DAYS) -> date:
+    """The README protocol's split: the test window is the data's last `test_days` days."""
+    return data_end(events) - timedelta(days=test_days)
+
+
+def reference_rows(events: pd.DataFrame, split_date: date, variant: str = "standard"
+                   ) -> dict[str, dict[str, float]]:
+    """The data set README's rows, which apply to its own split only (the last 30 days)."""
+    return REFERENCE[variant] if split_date == readme_split(events) else {}
+
+
+# The data set README's reference rows (its split: the sample data's last 30 days); HR@20 is not given.
 REFERENCE_NOTE = ("README rows: ItemKNN = cosine over the binary user x item matrix, EASE with lambda = 500, "
                   "repeat = the user's own repeat frequency with a popularity tie-break.")
 REFERENCE: dict[str, dict[str, dict[str, float]]] = {

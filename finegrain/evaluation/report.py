@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from finegrain.evaluation.protocol import REFERENCE, REFERENCE_NOTE, SPLIT_DATE
+from finegrain.evaluation.protocol import REFERENCE_NOTE, TEST_DAYS
 
 TABLE_METRICS = ("HR@10", "Recall@10", "NDCG@10", "HR@20", "Recall@20", "NDCG@20")
 RANKER_METRICS = (*TABLE_METRICS, "AUC", "GAUC")
@@ -57,15 +57,14 @@ class FullEvaluation:
     rankers: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def reference(self) -> dict[str, dict[str, float]]:
-        """The README's rows apply to its split only."""
-        return REFERENCE["standard"] if self.as_of == SPLIT_DATE else {}
+    test_days: int = TEST_DAYS
+    # The data set README's rows, when the split is its own (`protocol.reference_rows`).
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "as_of": self.as_of.isoformat(),
+            "test_days": self.test_days,
             "events": str(self.events_path),
             "users": self.users,
             "versions": self.versions,
@@ -102,7 +101,8 @@ def markdown(evaluation: FullEvaluation) -> str:
     lines = [
         f"# Offline evaluation as of {evaluation.as_of}: recall channels, merged recall, rankers", "",
         f"Events: `{evaluation.events_path}`. Protocol: the data set README's (global temporal split at "
-        f"{evaluation.as_of}, test = the 30 days from it, {evaluation.users:,} users who bought in both, "
+        f"{evaluation.as_of}, test = the {evaluation.test_days} days from it, {evaluation.users:,} users who "
+        "bought in both, "
         "targets = every item bought in the test window, binary gains, means over users).",
         "Datasets: " + ", ".join(f"{name} `{version}`" for name, version in evaluation.versions.items())
         + (f" (built for this run: {', '.join(evaluation.rebuilt)})" if evaluation.rebuilt else "") + ".",

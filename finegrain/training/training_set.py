@@ -150,6 +150,22 @@ class TrainingSet:
                 "candidate_recall": round(self.candidate_recall(), 4),
                 "cutoffs": sorted(set(self.group_cutoffs.tolist())), "seconds": self.seconds}
 
+    def cutoff_dates(self) -> list[date]:
+        return sorted(date.fromisoformat(c) for c in set(self.group_cutoffs.astype(str).tolist()))
+
+    def select(self, cutoffs: Iterable[date]) -> TrainingSet:
+        """The groups of these cut-offs only (in their order here); refused if one is missing."""
+        wanted = {c.isoformat() for c in cutoffs}
+        missing = sorted(wanted - set(self.group_cutoffs.astype(str).tolist()))
+        if missing:
+            raise DataError(f"the training set has no rows for cut-off(s) {', '.join(missing)} (it holds "
+                            f"{', '.join(map(str, self.cutoff_dates()))})")
+        groups = np.isin(self.group_cutoffs.astype(str), sorted(wanted))
+        rows = np.repeat(groups, self.group_sizes)
+        return TrainingSet(self.features[rows], self.labels[rows], self.item_ids[rows],
+                           self.group_users[groups], self.group_cutoffs[groups], self.group_sizes[groups],
+                           self.n_targets[groups], self.feature_names, dict(self.seconds))
+
     @classmethod
     def concat(cls, parts: Sequence[TrainingSet]) -> TrainingSet:
         seconds: dict[str, float] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,27 @@ def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
     yield test_settings
     redis_client(test_settings).flushdb()
     drop_namespace(test_settings)
+
+
+@contextmanager
+def own_namespace(settings: Settings, name: str) -> Iterator[Settings]:
+    """The session's settings with namespaces of their own in every server (a Redis database claimed
+    like the session's), for a test whose datasets or models must not move the session's pointers."""
+    host, port = settings.redis_address()
+    run = f"{settings.mongo_database}_{name}"
+    own = settings.model_copy(update={
+        "mongo_database": run,
+        "redis_url": f"redis://{host}:{port}/{_claim_redis_db(host, port, run)}",
+        "zookeeper_root": f"{settings.zookeeper_root}_{name}",
+        "kafka_topic_prefix": f"{settings.kafka_topic_prefix}_{name}",
+    })
+    try:
+        yield own
+    finally:
+        client = redis_client(own)
+        client.flushdb()  # the claim goes with it
+        client.close()
+        drop_namespace(own)
 
 
 def drop_namespace(settings: Settings) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finegrain.evaluation.protocol import SPLIT_DATE, EvaluationSplit, build_split, load_events, most_popular
+from finegrain.evaluation.protocol import EvaluationSplit, build_split, load_events, most_popular
 from finegrain.recall.embedding import EmbeddingIndex
 from finegrain.schemas import DataSnapshot
 from finegrain.settings import Settings
@@ -23,6 +23,7 @@ from models.embeddings import (
     train_embeddings,
 )
 from models.registry import ModelRegistry
+from tests.integration.sample import SPLIT_DATE
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,10 @@ from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from cli import evaluate as evaluate_cli
-from finegrain.evaluation.protocol import REFERENCE, SPLIT_DATE
+from finegrain.evaluation.protocol import REFERENCE
 from finegrain.settings import Settings
 from spark_jobs.ensure import RECALL_DATASET_JOBS, ensure_datasets
+from tests.integration.sample import SPLIT_DATE
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,14 @@ from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from cli import evaluate as evaluate_cli
-from finegrain.evaluation.protocol import REFERENCE, SPLIT_DATE, build_split, load_events, most_popular
+from finegrain.evaluation.protocol import REFERENCE, build_split, load_events, most_popular, readme_split
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import Dataset
 from finegrain.storage.redis_versions import RedisVersions
 from models.evaluate_channels import ChannelEvaluation, evaluate_channels
 from spark_jobs.ensure import ensure_datasets
+from tests.integration.sample import SPLIT_DATE
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +37,13 @@ def evaluation(settings: Settings, spark: SparkSession, retail_data: Path) -> Ch
 def test_the_protocol_alone_reproduces_most_pop(retail_data: Path) -> None:
     """From the events only (pandas), without any job: the protocol and the metrics are right."""
     events = load_events(retail_data)
-    split = build_split(events)
+    assert readme_split(events) == SPLIT_DATE  # derived from the data: its last 30 days
+    split = build_split(events, readme_split(events))
     assert len(split.users) == 1291
     figures = split.evaluate(split.global_ranking(most_popular(split)))
     for metric, expected in REFERENCE["standard"]["MostPop"].items():
         assert figures[metric] == pytest.approx(expected, abs=TOLERANCE), metric
-    explore = build_split(events, explore=True)
+    explore = build_split(events, SPLIT_DATE, explore=True)
     assert len(explore.users) == 1190
     figures = explore.evaluate(explore.global_ranking(most_popular(explore)))
     for metric, expected in REFERENCE["explore"]["MostPop"].items():

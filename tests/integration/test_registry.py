@@ -23,13 +23,13 @@ from typer.testing import CliRunner
 from cli import models as models_cli
 from finegrain.codecs import decode, encode
 from finegrain.evaluation.metrics import auc
-from finegrain.evaluation.protocol import SPLIT_DATE
 from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_database, zookeeper_client
 from finegrain.storage.contract import MongoCollections, ZkPaths
 from models.publishing import GATE_HELD, GATE_PASSED, GATE_REFUSED, ModelPublisher
 from models.registry import CorruptArtifactError, ModelRegistry, RegistryError, sha256_hex, untar_artifact
+from tests.integration.sample import SPLIT_DATE
 
 pytestmark = pytest.mark.integration
 

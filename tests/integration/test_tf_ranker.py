@@ -133,7 +133,7 @@ def test_train_ranker_cli_kind_tf_on_a_prebuilt_training_set(
     write_training_set(train_rows, path)
     result = CliRunner().invoke(app, ["models", "train-ranker", "--kind", "tf", "--events",
                                       str(retail_data / "events.parquet"), "--training-set", str(path),
-                                      "--epochs", "1", "--json"])
+                                      "--as-of", "2010-11-10", "--epochs", "1", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
     assert figures["name"] == "ranker_tf" and figures["framework"] == "tensorflow"
@@ -161,9 +161,10 @@ def test_a_training_set_reaching_into_the_test_window_is_refused(
                                                                  dtype=object)), path)
     before = len(ModelRegistry(settings).list("ranker_tf"))
     result = CliRunner().invoke(app, ["models", "train-ranker", "--kind", "tf", "--events",
-                                      str(retail_data / "events.parquet"), "--training-set", str(path)])
+                                      str(retail_data / "events.parquet"), "--training-set", str(path),
+                                      "--as-of", "2010-11-10"])
     assert result.exit_code == 2, result.output
-    assert "label window runs past the README split" in result.output and "Traceback" not in result.output
+    assert "label window runs past the as-of date" in result.output and "Traceback" not in result.output
     missing = CliRunner().invoke(app, ["models", "train-ranker", "--kind", "tf", "--events",
                                        str(retail_data / "events.parquet"), "--training-set",
                                        str(tmp_path / "none")])

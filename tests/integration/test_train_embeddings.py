@@ -50,7 +50,10 @@ def test_run_is_registered_and_published(first: EmbeddingRun, settings: Settings
     assert metrics["recall@20"] <= metrics["recall@200"]
     assert first.manifest.params["gate_metric"] == GATE_METRIC
     assert first.manifest.params["iterations"] == "4"
-    assert first.manifest.data_snapshot.as_of_date == "2010-11-10"
+    # As of the day after the data's last event by default, scored by the backtest on its last 30 days.
+    assert first.manifest.data_snapshot.as_of_date == "2010-12-10"
+    assert first.manifest.params["evaluation_split"] == "2010-11-10"
+    assert first.manifest.params["evaluation"] == "readme-protocol-30d"
     assert first.manifest.data_snapshot.rows > 300_000
     assert znode_manifest(settings) == first.manifest
     entry = ModelRegistry(settings).get(MODEL_NAME, first.manifest.version)
@@ -96,3 +99,6 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path: Path, retail_data:
     assert "Traceback" not in bad_date.output
     bad_size = runner.invoke(app, ["models", "train-embeddings", "--events", events, "--factors", "0"])
     assert bad_size.exit_code == 2 and "bad ALS config" in bad_size.output
+    early = runner.invoke(app, ["models", "train-embeddings", "--events", events, "--as-of", "2010-03-01"])
+    assert early.exit_code == 2 and "needs 120 days of history" in early.output
+    assert "Traceback" not in early.output

@@ -50,7 +50,11 @@ def test_train_register_and_publish(
     entry = ModelRegistry(settings).get(MODEL_NAME, figures["version"])
     assert list(entry.manifest.features) == list(RANKING_FEATURE_NAMES)
     assert entry.manifest.params["gate_metric"] == "ndcg@20"
-    assert entry.manifest.data_snapshot.as_of_date == "2010-11-10"
+    # Without --as-of: as of the day after the data's last event (it learns from every day), scored by
+    # a backtest on the last 30 days, the README split.
+    assert entry.manifest.data_snapshot.as_of_date == "2010-12-10"
+    assert entry.manifest.params["evaluation_split"] == "2010-11-10"
+    assert entry.manifest.params["evaluation"] == "readme-protocol-30d"
     zk = zookeeper_client(settings)
     try:
         data, _ = zk.get(ZkPaths(settings.zookeeper_root).model(MODEL_NAME))

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 
 from finegrain.dates import as_of_ms
-from finegrain.evaluation.protocol import SPLIT_DATE, build_split, load_events
+from finegrain.evaluation.protocol import build_split, load_events
 from finegrain.features.history import epoch_ms
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
 from finegrain.training.training_set import CutoffInputs, PointInTime, TrainingSet
 from models.evaluate_rankers import i2i_scores, split_metrics
 from models.training_set import build_cutoff, build_training_set
 from models.xgboost_ranker import RankerConfig, XGBoostRanker, train_ranker
+from tests.integration.sample import SPLIT_DATE
 
 pytestmark = pytest.mark.integration
 
