@@ -160,7 +160,7 @@ with DAG(
         "training_set", "spark_jobs/training_set.py",
         ["--as-of", AS_OF, "--events", DATA_EVENTS, "--out", TRAINING_SET, *max_users_argument()],
         name="finegrain-training-set", **RETRY_SPARK)  # idempotent: staged, then renamed into place
-    runs = [train_ranker_xgboost(AS_OF, TRAINING_SET), train_ranker_tf(AS_OF, TRAINING_SET),
-            train_embeddings(AS_OF)]
-    ingest(AS_OF) >> jobs["features"] >> [jobs[job] for job in OFFLINE_JOBS[1:]] >> training_set >> runs
+    runs = [train_ranker_xgboost(as_of=AS_OF, training_set=TRAINING_SET),
+            train_ranker_tf(as_of=AS_OF, training_set=TRAINING_SET), train_embeddings(as_of=AS_OF)]
+    ingest(as_of=AS_OF) >> jobs["features"] >> [jobs[job] for job in OFFLINE_JOBS[1:]] >> training_set >> runs
     smoke_test(publish(gate(*runs)))

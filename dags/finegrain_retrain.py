@@ -108,5 +108,5 @@ with DAG(
         name="finegrain-training-set",
         **RETRY_SPARK,  # idempotent: the set is written to a staging folder and renamed into place
     )
-    choose >> [build, train_embeddings(AS_OF, EVENTS)]
-    build >> train_ranker(AS_OF, TRAINING_SET, EVENTS)
+    choose >> [build, train_embeddings(as_of=AS_OF, events=EVENTS)]
+    build >> train_ranker(as_of=AS_OF, training_set=TRAINING_SET, events=EVENTS)
