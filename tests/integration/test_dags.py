@@ -49,6 +49,17 @@ QUICK = {"max_users": 150, "xgboost_rounds": 20, "xgboost_objective": "binary:lo
          "als_factors": 16, "als_iterations": 4}
 HOSTILE = "'; touch injected; '"
 API_BIND = "127.0.0.1:18381"
+# What the nightly `gate` task runs, through the DAGs' own command helper, outside a DAG run.
+GATE_TASK = f"""
+import sys
+sys.path.insert(0, {str(DAGS)!r})
+from finegrain_deployment import run_finegrain
+from airflow.sdk.exceptions import AirflowFailException
+try:
+    run_finegrain(["models", "gate", *sys.argv[1:], "--json"])
+except AirflowFailException as exc:
+    print("REFUSED AirflowFailException", exc)
+"""
 
 
 def run_dag(env: dict[str, str], logical_date: str, conf: dict[str, Any], cwd: Path,
@@ -209,3 +220,19 @@ def test_the_nightly_dag_ingests_builds_trains_publishes_and_the_api_serves_it(
     timings = {line.split()[1]: float(line.split()[3]) for line in result.stdout.splitlines()
                if line.startswith("TASK ")}
     print("NIGHTLY_TASK_SECONDS", json.dumps(timings, sort_keys=True))
+
+    # The next night's XGBoost comes out worse: the gate task's command refuses it, its task fails
+    # without retry saying why, and the published version stays.
+    entry = registry.get("ranker_xgboost", published["ranker_xgboost"])
+    worse = registry.register(
+        "ranker_xgboost", registry.fetch_artifact(entry.manifest), features=list(entry.manifest.features),
+        metrics={**entry.manifest.metrics, "ndcg@20": entry.manifest.metrics["ndcg@20"] - 0.05},
+        params=dict(entry.manifest.params), framework=entry.manifest.framework)
+    refused = subprocess.run([sys.executable, "-c", GATE_TASK, f"ranker_xgboost={worse.version}"],
+                             env=airflow_env, capture_output=True, text=True, timeout=300)
+    assert "REFUSED AirflowFailException" in refused.stdout, refused.stdout + refused.stderr[-3000:]
+    reason = f"ranker_xgboost {worse.version}: ranker_xgboost {worse.version} is worse: ndcg@20"
+    assert reason in refused.stdout, refused.stdout
+    with ModelPublisher(nightly_settings) as publisher:
+        still = publisher.published("ranker_xgboost")[0]
+    assert still is not None and still.version == published["ranker_xgboost"]
