@@ -13,9 +13,9 @@ and spark-submit gets `application_args` as a list, so a param is one argument w
 Deployment settings (environment of the Airflow workers):
 - `FINEGRAIN_HOME`: the project checkout (default: the parent of this folder);
 - `FINEGRAIN_PYTHON`: the project's Python (default: the Python running Airflow, i.e. the project's venv);
-- `FINEGRAIN_DATA_DIR`: the canonical events the nightly ingest writes and the jobs read (default:
-  `var/data/retail` in the checkout);
 - `FINEGRAIN_VAR_DIR`: where built files such as training sets go (default: `var` in the checkout);
+- `FINEGRAIN_DATA_DIR`: the canonical events the nightly ingest writes and the jobs read (default:
+  `<FINEGRAIN_VAR_DIR>/data/retail`, where the `finegrain` commands look by default);
 - `FINEGRAIN_SPARK_SUBMIT`: the spark-submit binary (default: `spark-submit` beside that Python);
 - Airflow connection `finegrain_spark`: the Spark master, e.g.
   `AIRFLOW_CONN_FINEGRAIN_SPARK='{"conn_type": "spark", "host": "local[*]"}'` or a cluster URL;
@@ -44,8 +44,9 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 FINEGRAIN_HOME = Path(os.environ.get("FINEGRAIN_HOME", Path(__file__).resolve().parent.parent))
 PYTHON = os.environ.get("FINEGRAIN_PYTHON", sys.executable)
-DATA_DIR = os.environ.get("FINEGRAIN_DATA_DIR", str(FINEGRAIN_HOME / "var" / "data" / "retail"))
 VAR_DIR = os.environ.get("FINEGRAIN_VAR_DIR", str(FINEGRAIN_HOME / "var"))
+# The default is the settings' `retail_dir`, where every `finegrain` command looks for the events.
+DATA_DIR = os.environ.get("FINEGRAIN_DATA_DIR", str(Path(VAR_DIR) / "data" / "retail"))
 SPARK_SUBMIT = os.environ.get("FINEGRAIN_SPARK_SUBMIT", str(Path(PYTHON).parent / "spark-submit"))
 SPARK_CONNECTION = "finegrain_spark"
 
