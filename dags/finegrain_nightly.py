@@ -57,14 +57,13 @@ from finegrain_deployment import (
 # The jobs of spark_jobs.JOBS (a test checks they are the same): features first, the others after it.
 OFFLINE_JOBS = ("features", "content_index", "item_similarity", "popularity")
 TRAINING_SET = training_set_path("nightly")
-MINUTES = pendulum.duration
 
 
 def _params() -> dict[str, Any]:
     return dict(get_current_context()["params"])
 
 
-@task(task_id="ingest", retries=0, execution_timeout=MINUTES(minutes=20))
+@task(task_id="ingest", retries=0, execution_timeout=pendulum.duration(minutes=20))
 def ingest(as_of: str) -> dict[str, Any]:
     """Not retried: it reads and writes files only, so a failure is about the input, which a retry
     would read again."""
@@ -80,12 +79,12 @@ def ingest(as_of: str) -> dict[str, Any]:
 
 
 # Training is not retried: a rerun would register one more version; clear the task to train again.
-@task(task_id="train_ranker_xgboost", retries=0, execution_timeout=MINUTES(minutes=90))
+@task(task_id="train_ranker_xgboost", retries=0, execution_timeout=pendulum.duration(minutes=90))
 def train_ranker_xgboost(as_of: str, training_set: str) -> dict[str, Any]:
     return _train_ranker("xgboost", as_of, training_set)
 
 
-@task(task_id="train_ranker_tf", retries=0, execution_timeout=MINUTES(minutes=90))
+@task(task_id="train_ranker_tf", retries=0, execution_timeout=pendulum.duration(minutes=90))
 def train_ranker_tf(as_of: str, training_set: str) -> dict[str, Any]:
     return _train_ranker("tf", as_of, training_set)
 
@@ -96,13 +95,13 @@ def _train_ranker(kind: str, as_of: str, training_set: str) -> dict[str, Any]:
                           "--no-publish", "--json"])
 
 
-@task(task_id="train_embeddings", retries=0, execution_timeout=MINUTES(minutes=60))
+@task(task_id="train_embeddings", retries=0, execution_timeout=pendulum.duration(minutes=60))
 def train_embeddings(as_of: str) -> dict[str, Any]:
     return run_finegrain(["models", "train-embeddings", "--as-of", as_of, "--events", DATA_EVENTS,
                           *embedding_arguments(_params()), "--no-publish", "--json"])
 
 
-@task(task_id="gate", retries=0, execution_timeout=MINUTES(minutes=10))
+@task(task_id="gate", retries=0, execution_timeout=pendulum.duration(minutes=10))
 def gate(xgboost: dict[str, Any], tf: dict[str, Any], embeddings: dict[str, Any]) -> dict[str, str]:
     """The versions that passed (model -> version); a refusal fails here, before anything is published."""
     candidates = [f"{run['name']}={run['version']}" for run in (xgboost, tf, embeddings)]
@@ -112,7 +111,8 @@ def gate(xgboost: dict[str, Any], tf: dict[str, Any], embeddings: dict[str, Any]
     return passed
 
 
-@task(task_id="publish", retries=1, retry_delay=MINUTES(minutes=1), execution_timeout=MINUTES(minutes=10))
+@task(task_id="publish", retries=1, retry_delay=pendulum.duration(minutes=1),
+      execution_timeout=pendulum.duration(minutes=10))
 def publish(passed: dict[str, str]) -> dict[str, str]:
     """Publishes exactly what the gate passed; a retry is safe (a published version stays as it is)."""
     for name, version in sorted(passed.items()):
@@ -121,7 +121,8 @@ def publish(passed: dict[str, str]) -> dict[str, str]:
     return passed
 
 
-@task(task_id="smoke_test", retries=1, retry_delay=MINUTES(minutes=2), execution_timeout=MINUTES(minutes=15))
+@task(task_id="smoke_test", retries=1, retry_delay=pendulum.duration(minutes=2),
+      execution_timeout=pendulum.duration(minutes=15))
 def smoke_test(published: dict[str, str]) -> dict[str, Any]:
     if not _params()["smoke_test"]:
         raise AirflowSkipException("smoke_test param is false: the API is not checked")
@@ -137,7 +138,7 @@ with DAG(
     start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),  # any past date; backfills name their own dates
     catchup=False,
     max_active_runs=1,  # two builds of one dataset at once would race for its pointer
-    default_args={"retries": 0, "execution_timeout": MINUTES(minutes=45)},
+    default_args={"retries": 0, "execution_timeout": pendulum.duration(minutes=45)},
     params={
         "as_of": as_of_param(),
         "file_drop": Param(True, type="boolean", description="Read the raw file drop (source_csv)."),
