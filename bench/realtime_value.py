@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from finegrain.apikeys import MAX_RATE_PER_S, KeyStore
 from finegrain.codecs import encode
 from finegrain.console import console, print_json_line, summary_table
 from finegrain.dates import as_of_ms, data_end
@@ -136,7 +137,7 @@ def ask(client: httpx.Client, user_id: str, scene: str) -> list[str]:
     return [item["item_id"] for item in response.json()["items"]]
 
 
-def replay(settings: Settings, url: str, baskets: list[Basket], scene: str, say: Any
+def replay(settings: Settings, url: str, token: str, baskets: list[Basket], scene: str, say: Any
            ) -> tuple[dict[str, Scores], np.ndarray, np.ndarray]:
     """Both answers before every basket; (scores per way, has-a-profile mask, last-basket mask)."""
     store = redis_client(settings)
@@ -147,7 +148,7 @@ def replay(settings: Settings, url: str, baskets: list[Basket], scene: str, say:
     has_profile, last = [], []
     remaining = pd.Series([b.user_id for b in baskets]).value_counts().to_dict()
     started = time.perf_counter()
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
         for number, basket in enumerate(baskets, 1):
             key = RedisKeys.realtime_profile(basket.user_id)
             profile = profiles.get(basket.user_id)
@@ -210,8 +211,10 @@ def main(
         users = set(build_split(events, split).users.astype(str))
         baskets = baskets_of(events, as_of_ms(split), as_of_ms(data_end(events)), users)
         say(f"{len(baskets):,} baskets of {len(users):,} protocol users from {split}; starting the API")
+        with KeyStore(settings) as store:  # in the run's own database, dropped with it
+            _, token, _ = store.create("bench-realtime-value", ["recommend"], rate_per_s=MAX_RATE_PER_S)
         server.start()
-        scores, has_profile, last = replay(settings, server.url, baskets, scene, say)
+        scores, has_profile, last = replay(settings, server.url, token, baskets, scene, say)
     finally:
         server.stop()
         redis_client(settings).flushdb()

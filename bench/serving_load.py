@@ -4,8 +4,10 @@ second, the cost of each stage, a model swap in the middle of a run (non-2xx ans
 steady run), and the rule cache's hit rate over 10,000 requests from different users.
 
 Needs the demo's datasets and published ranker (`bin/demo`); starts its own gunicorn on a free port
-with its own metrics folder, so a running API is not disturbed. The swap re-registers the published
-ranker's bytes as a new version, publishes it, and rolls back afterwards.
+with its own metrics folder, so a running API is not disturbed, and creates its own API key (every
+scope, a rate no run reaches), revoked when it ends; every request sends it, as a client would. The
+swap re-registers the published ranker's bytes as a new version, publishes it, and rolls back
+afterwards.
 Targets (issue 5): p99 <= 25 ms and >= 300 requests/s on this 2-core machine; zero non-2xx and no p99
 above 2x during the swap.
 
@@ -30,6 +32,7 @@ import httpx
 import pandas as pd
 import typer
 
+from finegrain.apikeys import MAX_RATE_PER_S, KeyStore, Scope, parse_token
 from finegrain.console import console, print_json_line, summary_table
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
 from finegrain.storage.clients import redis_client, zookeeper_client
@@ -74,13 +77,27 @@ def user_file(settings: Settings, folder: Path, seed: int = 0) -> tuple[Path, in
     return path, len(ids)
 
 
-def run_wrk(url: str, users: Path, *, duration_s: int, connections: int, threads: int = 1) -> dict[str, Any]:
+def bench_key(settings: Settings) -> str:
+    """A key of every scope for this run (revoke it with `revoke_key` when done)."""
+    with KeyStore(settings) as store:
+        _, token, _ = store.create("bench-serving-load", list(Scope), rate_per_s=MAX_RATE_PER_S)
+    return token
+
+
+def revoke_key(settings: Settings, token: str) -> None:
+    with KeyStore(settings) as store:
+        store.revoke(parse_token(token)[0])
+
+
+def run_wrk(url: str, users: Path, token: str, *, duration_s: int, connections: int, threads: int = 1
+            ) -> dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise typer.BadParameter("wrk is not installed (bin/setup installs it)")
     result = subprocess.run(
         [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(LUA), url],
-        env={"FG_USERS": str(users), "FG_N": "20", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+        env={"FG_USERS": str(users), "FG_N": "20", "FG_KEY": token, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True,
         check=True)
     line = next(line for line in result.stdout.splitlines() if line.startswith("FGJSON "))
     figures: dict[str, Any] = json.loads(line.removeprefix("FGJSON "))
@@ -96,9 +113,9 @@ _CHANNEL = re.compile(
     r'^finegrain_channel_(seconds_sum|seconds_count|candidates_sum)\{channel="(\w+)"\} ([0-9.e+-]+)$')
 
 
-def scrape(url: str) -> dict[tuple[str, str], float]:
+def scrape(url: str, headers: dict[str, str]) -> dict[tuple[str, str], float]:
     values: dict[tuple[str, str], float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{url}/metrics", headers=headers, timeout=10).text.splitlines():
         merged = _MERGED.match(line)
         if merged:
             values[("merged", merged.group(1))] = float(merged.group(2))
@@ -143,17 +160,17 @@ BENCH_RULES = {
 _ATOMS = re.compile(r'^finegrain_rule_atom_requests_total\{result="(hit|miss)"\} ([0-9.e+-]+)$')
 
 
-def atom_counts(url: str) -> dict[str, float]:
+def atom_counts(url: str, headers: dict[str, str]) -> dict[str, float]:
     counts = {"hit": 0.0, "miss": 0.0}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{url}/metrics", headers=headers, timeout=10).text.splitlines():
         match = _ATOMS.match(line)
         if match:
             counts[match.group(1)] = float(match.group(2))
     return counts
 
 
-def rule_hit_rate(settings: Settings, url: str, users: Path, requests: int = 10_000, threads: int = 4
-                  ) -> dict[str, Any]:
+def rule_hit_rate(settings: Settings, url: str, users: Path, headers: dict[str, str], requests: int = 10_000,
+                  threads: int = 4) -> dict[str, Any]:
     """Hit rate of the shared atom cache over `requests` recommendations from different users, starting
     from an empty cache, with the bench rules active; the curve is read every 1,000 requests."""
     client = redis_client(settings)
@@ -161,20 +178,20 @@ def rule_hit_rate(settings: Settings, url: str, users: Path, requests: int = 10_
     if stale:
         client.delete(*stale)
     ids = users.read_text().split()
-    start = atom_counts(url)
+    start = atom_counts(url, headers)
     curve: list[tuple[int, float]] = []
     done = 0
     lock = threading.Lock()
 
     def worker(offset: int) -> None:
         nonlocal done
-        with httpx.Client(base_url=url, timeout=10) as http:
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
             for i in range(offset, requests, threads):
                 http.get("/v1/recommendations", params={"user_id": ids[i % len(ids)], "n": 20})
                 with lock:
                     done += 1
                     if done % 1000 == 0:
-                        now = atom_counts(url)
+                        now = atom_counts(url, headers)
                         hits, misses = now["hit"] - start["hit"], now["miss"] - start["miss"]
                         curve.append((done, hits / max(hits + misses, 1)))
 
@@ -183,7 +200,7 @@ def rule_hit_rate(settings: Settings, url: str, users: Path, requests: int = 10_
         thread.start()
     for thread in pool:
         thread.join()
-    end = atom_counts(url)
+    end = atom_counts(url, headers)
     hits, misses = end["hit"] - start["hit"], end["miss"] - start["miss"]
     rate = hits / max(hits + misses, 1)
     return {"requests": requests, "atom_lookups": int(hits + misses), "hit_rate": round(rate, 4),
@@ -271,41 +288,45 @@ def main(
         folder = Path(tmp)
         users, n_users = user_file(settings, folder)
         server = ApiServer(settings, log_path=folder / "gunicorn.log", metrics_dir=folder / "prometheus")
+        token = bench_key(settings)
+        headers = {"Authorization": f"Bearer {token}"}
         with console.status(f"starting gunicorn ({workers} workers)"):
             server.start()
         try:
             for name, rule in BENCH_RULES.items():
-                httpx.put(f"{server.url}/v1/rules/{name}", json=rule, timeout=10).raise_for_status()
+                httpx.put(f"{server.url}/v1/rules/{name}", json=rule, headers=headers,
+                          timeout=10).raise_for_status()
             time.sleep(1.0)  # every worker reloads the rules on the znode change
             rules = {"requests": 0, "atom_lookups": 0, "hit_rate": 0.0, "curve": [], "atom_keys": 0}
             if not quick:
                 with console.status("rule cache: 10,000 requests from different users, from an empty cache"):
-                    rules = rule_hit_rate(settings, server.url, users)
+                    rules = rule_hit_rate(settings, server.url, users, headers)
             if not rules_active:
                 for name in BENCH_RULES:
-                    httpx.delete(f"{server.url}/v1/rules/{name}", timeout=10)
+                    httpx.delete(f"{server.url}/v1/rules/{name}", headers=headers, timeout=10)
                 time.sleep(1.0)
             with console.status("warming up (5 s)"):
-                run_wrk(server.url, users, duration_s=5, connections=connections)
-            before = scrape(server.url)
+                run_wrk(server.url, users, token, duration_s=5, connections=connections)
+            before = scrape(server.url, headers)
             with console.status(f"steady run: {duration} s, {connections} connections"):
-                steady = run_wrk(server.url, users, duration_s=duration, connections=connections)
-            costs = stage_costs(before, scrape(server.url))
+                steady = run_wrk(server.url, users, token, duration_s=duration, connections=connections)
+            costs = stage_costs(before, scrape(server.url, headers))
             swap, rollout_s = steady, 0.0
             if not quick:
                 swap_info: dict[str, Any] = {}
                 swapper = threading.Thread(target=swap_during, args=(settings, duration / 2, swap_info))
                 with console.status(f"swap run: {duration} s, a new ranker version published half-way"):
                     swapper.start()
-                    swap = run_wrk(server.url, users, duration_s=duration, connections=connections)
+                    swap = run_wrk(server.url, users, token, duration_s=duration, connections=connections)
                     swapper.join()
                 rollout_s = wait_rollout(settings, swap_info["version"])
                 with ModelPublisher(settings) as publisher:
                     publisher.rollback(RANKER, force=True)
         finally:
             for name in BENCH_RULES:
-                httpx.delete(f"{server.url}/v1/rules/{name}", timeout=10)
+                httpx.delete(f"{server.url}/v1/rules/{name}", headers=headers, timeout=10)
             server.stop()
+            revoke_key(settings, token)
     png = out / ("latency-quick.png" if quick else "latency.png")
     plot(steady, None if quick else swap, costs, rules, png)
     figures = {

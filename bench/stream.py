@@ -28,19 +28,20 @@ from socketserver import ThreadingMixIn
 from typing import Annotated, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import falcon
 import httpx
 import numpy as np
 import typer
 
+from finegrain.apikeys import MAX_RATE_PER_S, KeyStore
 from finegrain.codecs import encode
 from finegrain.console import console, print_json_line, summary_table
 from finegrain.schemas import BehaviorEvent, EventType
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
 from finegrain.storage.clients import ensure_topics, kafka_producer, redis_client
 from finegrain.storage.contract import KafkaTopics, RedisKeys
-from serving.api.errors import install_error_handlers
 from serving.api.events import EventsResource
+from serving.app import api_app
+from serving.config import ServingConfig
 from serving.events.ingest import EventIngest
 from spark_jobs.stream.process import SidecarProcess
 from spark_jobs.stream.sidecar import SidecarConfig
@@ -123,9 +124,12 @@ def freshness(settings: Settings, rate: float, seconds: float, per_request: int,
     process = SidecarProcess(settings, SidecarConfig(trigger_ms=100, max_records_per_batch=50_000))
     process.start()
     ingest = EventIngest.from_settings(settings, delivery_timeout_s=5.0)
-    app = falcon.App()
-    install_error_handlers(app)
+    # The events resource behind the API's own middleware: authenticated posts, as clients make them.
+    app = api_app(settings, ServingConfig())
     app.add_route("/v1/events", EventsResource(ingest))
+    with KeyStore(settings) as store:
+        key, token, _ = store.create("bench-stream", ["events"], rate_per_s=MAX_RATE_PER_S)
+    headers = {"Authorization": f"Bearer {token}"}
     server = make_server("127.0.0.1", 0, app, server_class=_ThreadedServer, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     client = redis_client(settings)
@@ -153,7 +157,7 @@ def freshness(settings: Settings, rate: float, seconds: float, per_request: int,
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     url = f"http://127.0.0.1:{server.server_port}/v1/events"
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=10, headers=headers) as http:
         # Warm-up: the query's first batch starts Spark's Python workers.
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         http.post(url, json={"events": [{"user_id": warm, "item_id": "85048", "type": "view"}]})
@@ -167,7 +171,7 @@ def freshness(settings: Settings, rate: float, seconds: float, per_request: int,
         def post(first: int) -> None:
             # Each poster sends every POSTERS-th request on schedule: a POST waits for the broker's
             # acknowledgement (about 10 ms here), so one synchronous client cannot keep the rate alone.
-            with httpx.Client(timeout=10) as http:
+            with httpx.Client(timeout=10, headers=headers) as http:
                 for n in range(first, count // per_request, POSTERS):
                     if (wait := begin + n * per_request / rate - time.monotonic()) > 0:
                         time.sleep(wait)
@@ -198,6 +202,8 @@ def freshness(settings: Settings, rate: float, seconds: float, per_request: int,
     server.shutdown()
     ingest.close()
     process.stop()
+    with KeyStore(settings) as store:
+        store.revoke(key.key_id)
     values = np.asarray(delays)
     lost = len(pending)
     return {"rate": rate, "events_per_request": per_request, "warmup_s": warmup_s,

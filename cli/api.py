@@ -170,20 +170,26 @@ def recommend(
     """Ask the running API for recommendations and print them with their channels and explanations."""
     import httpx
 
+    from finegrain.apikeys import bearer_headers
+
     settings = get_settings()
     names = _descriptions(settings)
+    headers = bearer_headers(settings)
     for user_id in user_ids:
         params: dict[str, Any] = {"user_id": user_id, "n": n, "explain": str(explain).lower()}
         if scene:
             params["scene"] = scene
         try:
-            response = httpx.get(f"http://{settings.api_bind}/v1/recommendations", params=params, timeout=10)
+            response = httpx.get(f"http://{settings.api_bind}/v1/recommendations", params=params,
+                                 headers=headers, timeout=10)
         except httpx.HTTPError as exc:
             raise fail(f"the API on {settings.api_bind} does not answer ({exc}); start it with "
                        "`finegrain api start`") from None
         body = response.json()
         if response.status_code != 200:
-            raise fail(f"HTTP {response.status_code}: {body.get('error', {}).get('message', body)}")
+            hint = " (set FINEGRAIN_API_KEY to a key of scope recommend: `finegrain keys create`)" \
+                if response.status_code in (401, 403) else ""
+            raise fail(f"HTTP {response.status_code}: {body.get('error', {}).get('message', body)}{hint}")
         rows = []
         for item in body["items"]:
             top = item.get("explanation", [])[:3]

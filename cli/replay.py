@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.options import EventsOption, JsonOption
+from finegrain.apikeys import bearer_headers
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.data.replay import Replayer, ReplaySummary, replay_events, summarise
 from finegrain.dates import parse_as_of
@@ -40,7 +41,8 @@ def replay(
             raise FinegrainError(f"no events at {path}: run `finegrain data load` (or pass --events PATH)")
         planned = replay_events(read_events(path), first, last, synthetic=synthetic)
         summary = summarise(planned, first, last)
-        replayer = Replayer(url or f"http://{settings.api_bind}", speed=speed)
+        replayer = Replayer(url or f"http://{settings.api_bind}", speed=speed,
+                            headers=bearer_headers(settings))
         console.print(f"replaying {summary.purchases:,} purchases and {summary.synthetic:,} synthetic events "
                       f"of {summary.users:,} users at {speed:g}x", highlight=False)
         try:

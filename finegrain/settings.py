@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finegrain.data.layout import CATALOG_FILE, EVENTS_FILE, LOADED_FOLDER
@@ -51,7 +52,20 @@ class Settings(BaseSettings):
         description="Consumer-group session timeout; a group join waits half of it, so keep it low locally.",
     )
     kafka_heartbeat_interval_ms: int = Field(500, description="Consumer-group heartbeat interval.")
-    spark_master: str = Field("local[*]", description="Spark master URL for batch and streaming jobs.")
+    spark_master: str = Field(
+        "local[*]", description="Spark master URL of the sessions Finegrain starts (`finegrain jobs run`, "
+        "the streaming sidecar, a job run with plain python); under spark-submit, its --master instead.")
+    spark_cluster_master: str = Field(
+        "127.0.0.1:17077", description="host:port of the local Spark standalone master (`finegrain stack up "
+        "--spark`); run the jobs on it with FINEGRAIN_SPARK_MASTER=spark://<this>.")
+    spark_cluster_master_ui_port: int = Field(18180, ge=1, le=65535,
+                                              description="Web UI port of the local Spark master.")
+    spark_cluster_worker_ui_port: int = Field(18181, ge=1, le=65535,
+                                              description="Web UI port of the local Spark worker.")
+    spark_cluster_worker_cores: int = Field(2, ge=1, description="Cores the local Spark worker offers.")
+    spark_cluster_worker_memory: str = Field(
+        "2g", pattern=r"^[1-9][0-9]*[mg]$",
+        description="Memory the local Spark worker offers its executors (e.g. 2g, 1536m).")
     var_dir: Path = Field(
         PROJECT_ROOT / "var", description="Working folder: local stack data, logs, PID files, built data."
     )
@@ -66,12 +80,33 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
     api_threads: int = Field(1, ge=1, description="Threads per API worker: 1 runs gunicorn's sync workers "
                              "(CPU-bound requests gain nothing from threads under the GIL), more gthread.")
+    api_auth: bool = Field(True, description="Whether the API requires an API key (`finegrain keys`); false "
+                           "turns authentication and rate limits off, and the API logs a warning at start.")
+    api_key: SecretStr | None = Field(
+        None, description="The API key the command line's API clients send as `Authorization: Bearer` "
+        "(`finegrain api recommend`, `finegrain replay`, smoke checks); `finegrain keys create` makes one.")
+    api_metrics_scope: Literal["recommend", "events", "admin"] = Field(
+        "admin", description="Scope a key needs for GET /metrics on FINEGRAIN_API_BIND.")
+    api_metrics_bind: str | None = Field(
+        None, description="host:port where gunicorn also listens and serves only /metrics (without a key), "
+        "/healthz and /readyz: for a Prometheus scraper on a private interface; unset: no such listener.")
     stream_metrics_bind: str = Field(
         "127.0.0.1:18091", description="host:port of the streaming sidecar's Prometheus /metrics (port 0: "
         "any free port, written to its status file).")
     event_archive: Path | None = Field(
         None, description="Where the streaming sidecar appends every accepted event (Parquet by event "
         "date); unset: <var dir>/data/archive.")
+    airflow_port: int = Field(
+        18280, ge=1, le=65535, description="Port of the local Airflow's api-server (the UI and the "
+        "execution API its tasks report to), always bound to 127.0.0.1.")
+    airflow_home: Path | None = Field(
+        None, description="AIRFLOW_HOME of the local Airflow: its config, SQLite metadata, logs, PID files "
+        "and UI password; unset: <var dir>/airflow.")
+    # Airflow reads its users as `name:role[,name:role]`, so a name holding ':' or ',' would be two.
+    airflow_user: str = Field(
+        "admin", pattern=r"^[A-Za-z0-9_.@-]+$", description="The local Airflow UI's user (role admin); "
+        "its password is generated on the first `finegrain airflow up`, kept (mode 0600) in the Airflow "
+        "home and printed by `up` and `status`.")
 
     @model_validator(mode="after")
     def _addresses_parse(self) -> Settings:
@@ -81,6 +116,10 @@ class Settings(BaseSettings):
             ("FINEGRAIN_MONGO_URI", self.mongo_address),
             ("FINEGRAIN_ZOOKEEPER_HOSTS", self.zookeeper_address),
             ("FINEGRAIN_KAFKA_BOOTSTRAP_SERVERS", self.kafka_address),
+            ("FINEGRAIN_SPARK_CLUSTER_MASTER", self.spark_cluster_address),
+            ("FINEGRAIN_API_BIND", self.api_address),
+            *([("FINEGRAIN_API_METRICS_BIND", lambda: _split_host_port(self.api_metrics_bind or "", 0))]
+              if self.api_metrics_bind else []),
         ):
             try:
                 _, port = address()
@@ -88,6 +127,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{variable}: {exc}") from None
             if not 0 < port < 65536:
                 raise ValueError(f"{variable}: port {port} is outside 1-65535")
+        metrics = self.metrics_address()
+        if metrics is not None and metrics[1] == self.api_address()[1]:
+            # The API tells its two listeners apart by port: one port for both would open /metrics.
+            raise ValueError(f"FINEGRAIN_API_METRICS_BIND {self.api_metrics_bind}: use another port than "
+                             f"FINEGRAIN_API_BIND {self.api_bind}")
         return self
 
     @property
@@ -115,6 +159,11 @@ class Settings(BaseSettings):
         return self.event_archive if self.event_archive is not None else self.data_dir / "archive"
 
     @property
+    def airflow_dir(self) -> Path:
+        """The local Airflow's home (`finegrain.stack.airflow`)."""
+        return self.airflow_home if self.airflow_home is not None else self.var_dir / "airflow"
+
+    @property
     def stream_dir(self) -> Path:
         """The streaming sidecar's checkpoint, status file, PID file and log."""
         return self.var_dir / "stream"
@@ -124,6 +173,8 @@ class Settings(BaseSettings):
         child process (the API, the sidecar) is started with, so it sees the same settings."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("FINEGRAIN_")}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):  # str() of a secret is its mask
+                value = value.get_secret_value()
             if value is not None:
                 env[f"FINEGRAIN_{name.upper()}"] = str(value)
         return env
@@ -147,6 +198,23 @@ class Settings(BaseSettings):
 
     def kafka_address(self) -> tuple[str, int]:
         return _split_host_port(self.kafka_bootstrap_servers.split(",")[0], 9092)
+
+    def spark_cluster_address(self) -> tuple[str, int]:
+        return _split_host_port(self.spark_cluster_master, 7077)
+
+    @property
+    def spark_cluster_url(self) -> str:
+        """The master URL of the local Spark standalone cluster, what FINEGRAIN_SPARK_MASTER or
+        spark-submit's --master take to run the jobs there."""
+        host, port = self.spark_cluster_address()
+        return f"spark://{host}:{port}"
+
+    def api_address(self) -> tuple[str, int]:
+        return _split_host_port(self.api_bind, 18080)
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The /metrics-only listener (FINEGRAIN_API_METRICS_BIND), if one is set."""
+        return _split_host_port(self.api_metrics_bind, 18081) if self.api_metrics_bind else None
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}.{name}"

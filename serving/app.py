@@ -18,13 +18,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from finegrain.apikeys import Scope
 from finegrain.settings import Settings, get_settings
 from serving import metrics
+from serving.api.auth import AuthMiddleware
 from serving.api.errors import install_error_handlers
 from serving.api.events import EventsResource
 from serving.api.health import HealthResource, MetricsResource, ReadyResource
 from serving.api.recommendations import RecommendationsResource, SimilarItemsResource
 from serving.api.rules import RuleResource, RulesResource
+from serving.auth.keys import VerifiedKeys
+from serving.auth.limits import RateLimiter
 from serving.config import ServingConfig
 from serving.events.ingest import EventIngest
 from serving.openapi import OpenApiResource
@@ -59,12 +63,28 @@ def request_redis(settings: Settings, config: ServingConfig) -> redis.Redis:
                                 retry=Retry(NoBackoff(), 0), health_check_interval=0)
 
 
+def auth_middleware(settings: Settings, config: ServingConfig, keys: VerifiedKeys | None = None
+                    ) -> AuthMiddleware:
+    """The authentication of every route (also for a test serving a few resources alone). With
+    FINEGRAIN_API_AUTH=false: none, and a warning in the log."""
+    if not settings.api_auth:
+        log.warning("API AUTHENTICATION IS OFF (FINEGRAIN_API_AUTH=false): anyone who can reach %s can "
+                    "read recommendations, post events and change rules", settings.api_bind)
+        return AuthMiddleware(None, None, metrics_listener=settings.metrics_address())
+    auth = config.auth
+    keys = keys or VerifiedKeys(settings, ttl_s=auth.cache_ttl_s, cache_size=auth.cache_size)
+    limiter = RateLimiter(auth.rate_per_s, burst_s=auth.burst_s, max_keys=auth.cache_size)
+    return AuthMiddleware(keys, limiter, metrics_listener=settings.metrics_address())
+
+
 class Services:
-    """What one worker runs: the served state, the recommender and the ingest of events."""
+    """What one worker runs: the served state, the recommender, the ingest of events, the keys."""
 
     def __init__(self, settings: Settings, config: ServingConfig) -> None:
         self.settings = settings
         self.config = config
+        self.keys = VerifiedKeys(settings, ttl_s=config.auth.cache_ttl_s, cache_size=config.auth.cache_size,
+                                 snapshot=settings.var_dir / "serving" / "api_keys.json")
         self.runtime = Runtime(settings, config)
         self.redis = request_redis(settings, config)
         self.events = EventIngest.from_settings(settings)
@@ -72,6 +92,8 @@ class Services:
         self.recommender = Recommender(config, self.redis, {"rules": self.rules})
 
     def start(self) -> None:
+        if self.settings.api_auth:
+            self.keys.start()
         self.runtime.start()
         self.rules.start()
 
@@ -79,6 +101,7 @@ class Services:
         self.recommender.close()
         self.events.close()
         self.rules.close()
+        self.keys.close()
         self.runtime.stop()
 
 
@@ -87,10 +110,10 @@ def build_rules(settings: Settings, config: ServingConfig, runtime: Runtime, cli
     return RuleService(settings, config, runtime, client)
 
 
-def add_rule_routes(app: falcon.App[falcon.Request, falcon.Response], store: RuleStore, engine: RuleEngine
-                    ) -> None:
+def add_rule_routes(app: falcon.App[falcon.Request, falcon.Response], store: RuleStore, engine: RuleEngine,
+                    config: ServingConfig | None = None) -> None:
     """The rules API; a function of its own so a test can serve it over a store and engine alone."""
-    rule = RuleResource(store, engine)
+    rule = RuleResource(store, engine, config=config)
     app.add_route("/v1/rules", RulesResource(store))
     app.add_route("/v1/rules/{name}", rule)
     app.add_route("/v1/rules/{name}/preview", rule, suffix="preview")
@@ -102,6 +125,17 @@ class FinegrainApp(falcon.App):  # type: ignore[type-arg]  # WSGI request/respon
     services: Services
 
 
+def api_app(settings: Settings, config: ServingConfig, keys: VerifiedKeys | None = None) -> FinegrainApp:
+    """An app with no routes yet but everything every route goes through: the metrics, the
+    authentication, the error shape. `create_app` mounts every route on it; a test or benchmark that
+    serves a few resources alone mounts just those."""
+    # Metrics first: a refused request is still counted, with its 401/403/429.
+    app = FinegrainApp(middleware=[MetricsMiddleware(), auth_middleware(settings, config, keys)])
+    app.req_options.strip_url_path_trailing_slash = True
+    install_error_handlers(app)
+    return app
+
+
 def create_app(settings: Settings | None = None, config: ServingConfig | None = None, *,
                services: Services | None = None, start: bool = True) -> FinegrainApp:
     settings = settings or get_settings()
@@ -109,16 +143,14 @@ def create_app(settings: Settings | None = None, config: ServingConfig | None = 
     services = services or Services(settings, config)
     if start:
         services.start()
-    app = FinegrainApp(middleware=[MetricsMiddleware()])
-    app.req_options.strip_url_path_trailing_slash = True
-    install_error_handlers(app)
+    app = api_app(settings, config, services.keys)
     app.add_route("/v1/recommendations", RecommendationsResource(services.runtime, services.recommender))
     app.add_route("/v1/items/{item_id}/similar", SimilarItemsResource(services.runtime))
     app.add_route("/v1/events", EventsResource(services.events))
-    add_rule_routes(app, services.rules.store, services.rules.engine)
+    add_rule_routes(app, services.rules.store, services.rules.engine, config)
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(services.runtime))
-    app.add_route("/metrics", MetricsResource())
-    app.add_route("/openapi.json", OpenApiResource())
+    app.add_route("/metrics", MetricsResource(Scope(settings.api_metrics_scope)))
+    app.add_route("/openapi.json", OpenApiResource(settings.api_metrics_scope))
     app.services = services
     return app

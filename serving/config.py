@@ -34,6 +34,20 @@ def _default_channels() -> list[AnyChannelConfig]:
     ]
 
 
+class AuthConfig(BaseModel):
+    """How a worker checks API keys and limits their rate (`serving.auth`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cache_ttl_s: float = Field(10.0, gt=0, le=3600, description="A verified key is re-read from MongoDB "
+                               "after this; also how long a revocation takes when ZooKeeper is unreachable.")
+    cache_size: int = Field(10_000, ge=1, description="Keys a worker keeps verified (least recently used "
+                            "dropped first).")
+    rate_per_s: float = Field(100.0, gt=0, description="Requests per second per key in each worker, for a "
+                              "key created without its own --rate.")
+    burst_s: float = Field(2.0, gt=0, description="Bursts of rate x this many requests pass at once.")
+
+
 class ServingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +63,11 @@ class ServingConfig(BaseModel):
     rule_atom_ttl_s: int = Field(3600, ge=1, description="TTL of a cached atomic sub-query of rule recall.")
     redis_timeout_ms: float = Field(50.0, gt=0, description="Socket timeout of request-path Redis calls: "
                                     "an unreachable Redis costs at most this, then the request degrades.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys: cache and rate limits.")
+    rule_max_body_bytes: int = Field(16_384, ge=256, le=1_048_576,
+                                     description="Largest body of PUT /v1/rules/{name} (413 above).")
+    rules_per_scene: int = Field(20, ge=1, le=1000, description="Enabled rules a scene may have (a PUT "
+                                 "beyond it is a 409); every recommendation evaluates all of its scene's.")
     tf_serving_url: str | None = Field(
         None, description="TensorFlow Serving REST base URL (e.g. http://tfs:8501); unset: TF in-process.")
 

@@ -4,6 +4,10 @@
   (which own threads and sockets) are never shared across processes.
 - Prometheus multi-process mode: every worker writes its metrics to a shared folder, /metrics on
   any worker aggregates all of them; a dead worker's files are marked so live-only gauges drop it.
+- FINEGRAIN_API_METRICS_BIND, when set, is a second listener that serves only /metrics (without a
+  key), /healthz and /readyz (`serving.api.auth`), e.g. on a private interface for Prometheus.
+- Request lines and headers keep gunicorn's limits (4,094 bytes per line, 100 headers of 8,190 bytes):
+  a longer one is refused before it reaches the app.
 - Sync workers by default (FINEGRAIN_API_THREADS=1): a recommendation is CPU-bound Python, so threads
   in one process only queue behind the GIL; gthread (more threads) suits slow clients and keep-alive.
 """
@@ -21,7 +25,7 @@ _settings = get_settings()
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
                                           str(_settings.var_dir / "serving" / "prometheus")))
 
-bind = _settings.api_bind
+bind = [_settings.api_bind, *([_settings.api_metrics_bind] if _settings.api_metrics_bind else [])]
 workers = _settings.api_workers
 threads = _settings.api_threads
 worker_class = "gthread" if threads > 1 else "sync"

@@ -34,6 +34,11 @@ DEGRADED = Counter("finegrain_degraded_responses_total", "Responses served degra
 COLD_START = Counter("finegrain_cold_start_total", "Recommendations for users the features do not know")
 MODEL_INFO = Gauge("finegrain_model_info", "Model and dataset versions loaded by each worker (value 1)",
                    ["kind", "name", "version"], multiprocess_mode="liveall")
+AUTH = Counter("finegrain_auth_total", "Requests by authentication outcome (open routes not counted)",
+               ["outcome"])
+AUTH_CACHE = Counter("finegrain_auth_cache_total", "Key lookups by the verified-key cache: hit, miss (read "
+                     "from MongoDB), stale (MongoDB unreachable, the cached record served), unavailable",
+                     ["result"])
 SWAPS = Counter("finegrain_swaps_total", "Hot swaps by target and outcome", ["target", "outcome"])
 
 

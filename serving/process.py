@@ -59,14 +59,18 @@ class ApiServer:
                              + self.log_tail())
 
     def _check_port_free(self) -> None:
-        host, _, port = self.settings.api_bind.rpartition(":")
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host or "127.0.0.1", int(port)))
-            except OSError:
-                raise FinegrainError(f"{self.settings.api_bind} is taken by another process: stop it "
-                                     "(`finegrain api stop`) or set FINEGRAIN_API_BIND") from None
+        binds = [("FINEGRAIN_API_BIND", self.settings.api_address())]
+        metrics = self.settings.metrics_address()
+        if metrics is not None:
+            binds.append(("FINEGRAIN_API_METRICS_BIND", metrics))
+        for variable, (host, port) in binds:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host or "127.0.0.1", port))
+                except OSError:
+                    raise FinegrainError(f"{host}:{port} is taken by another process: stop it "
+                                         f"(`finegrain api stop`) or set {variable}") from None
 
     def ready_workers(self, probes: int = 12, path: str = "/readyz") -> int:
         """How many distinct worker processes answered `path` with 200 (a request lands on any)."""

@@ -193,7 +193,12 @@ class Recommender:
         if name and ranker is None:
             trace.degrade(f"ranker: {name} not loaded, kept the recall order")
         if profile is not None and ranker is not None and len(merged):
-            features = self._features(profile, realtime, data, merged, recalled)
+            try:
+                features = self._features(profile, realtime, data, merged, recalled)
+            except Exception as exc:  # e.g. an inconsistent profile in Redis: rank nothing, keep the order
+                log.warning("feature assembly failed for user %s: %s", profile.user_id, exc, exc_info=True)
+                trace.degrade(f"features: {type(exc).__name__}, kept the recall order")
+                return ranker, None, None, 1.0 / (1.0 + np.arange(len(merged)))
             trace.stage("features")
             try:
                 scores = ranker.score(features, merged.item_ids)
@@ -255,14 +260,25 @@ class Recommender:
                 entry["rules"] = rule_names[item_id]
             items.append(entry)
         if explain and features is not None and ranker is not None:
-            explained = ranker.explain(features[top], self.config.explain_top_features)
-            for entry, contributions in zip(items, explained, strict=True):
-                entry["explanation"] = [{"feature": c.feature, "value": _json_float(c.value),
-                                         "contribution": round(c.contribution, 6)} for c in contributions]
-            trace.stage("explain")
+            self._explain(ranker, features[top], items, trace)
         versions = {**data.versions, **models.versions()}
         return self._finish(response, trace, items, started, explain, cold=profile is None,
                             ranker=ranker_used, candidates=len(merged), versions=versions)
+
+    def _explain(self, ranker: Ranker, features: np.ndarray, items: list[dict[str, Any]], trace: Trace
+                 ) -> None:
+        """Each item's top feature contributions; a failure leaves the items unexplained, flagged (the
+        ranking itself is already done and stands)."""
+        try:
+            explained = ranker.explain(features, self.config.explain_top_features)
+        except Exception as exc:  # e.g. XGBoost refuses an infinite feature value that scoring took
+            log.warning("explain failed: %s", exc, exc_info=True)
+            trace.degrade(f"explain: {type(exc).__name__}, items without explanation")
+            return
+        for entry, contributions in zip(items, explained, strict=True):
+            entry["explanation"] = [{"feature": c.feature, "value": _json_float(c.value),
+                                     "contribution": round(c.contribution, 6)} for c in contributions]
+        trace.stage("explain")
 
     @staticmethod
     def _rule_names(recalled: Recalled | None) -> dict[str, list[str]]:

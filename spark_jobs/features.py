@@ -54,6 +54,11 @@ MONGO_ID_PREFIX = {USER: "u:", ITEM: "i:"}
 OUTPUT_SCHEMA = "kind string, id string, pb binary"
 ITEM_SCHEMA = "id string, pb binary, vector array<float>"
 LINE_COLUMNS = ["user_id", "item_id", "invoice", "quantity", "price", "timestamp", "country"]
+# The order each partition's lines reach the definitions in: every column, so that only identical lines
+# tie. Sums of floats (spend, revenue) and first-seen tie-breaks depend on the order of the lines, and
+# after a shuffle that order is whatever the map outputs arrived in, which differs between local and a
+# cluster, and between two runs on a cluster.
+LINE_ORDER = ["timestamp", "invoice", "item_id", "user_id", "quantity", "price", "country"]
 # Lines per partition (one pandas frame): enough to amortise the per-frame cost, small for an executor.
 LINES_PER_PARTITION = 250_000
 WRITE_BATCH = 1000
@@ -150,8 +155,10 @@ class FeaturesJob(BatchJob):
         # Hash partitioning puts all lines of a user (an item) in one partition, and a partition is
         # one pandas frame: an explicit partition count is also one that adaptive execution keeps,
         # so the work stays spread over every core.
-        users = lines.repartition(partitions, "user_id").mapInPandas(user_rows, OUTPUT_SCHEMA)
-        items = ctx.cache(lines.repartition(partitions, "item_id").mapInPandas(item_rows, ITEM_SCHEMA))
+        users = (lines.repartition(partitions, "user_id").sortWithinPartitions(*LINE_ORDER)
+                 .mapInPandas(user_rows, OUTPUT_SCHEMA))
+        items = ctx.cache(lines.repartition(partitions, "item_id").sortWithinPartitions(*LINE_ORDER)
+                          .mapInPandas(item_rows, ITEM_SCHEMA))
         # Blocks are runs of ITEM_BLOCK_SIZE items in id order, numbered from 0, so a reader needs
         # only their count; zipWithIndex numbers the sorted ids without one partition holding all.
         positions = (items.select("id").orderBy("id").rdd.map(lambda row: row[0]).zipWithIndex()

@@ -28,7 +28,10 @@ def item_attributes(events: DataFrame) -> DataFrame:
         .where("rank = 1")
         .select("item_id", "description")
     )
-    prices = events.groupBy("item_id").agg(F.percentile_approx("price", 0.5, 10_000).alias("price"))
+    # The exact median, as the pandas definition (`item_attributes_as_of`) takes it: an approximate one
+    # merges per-partition summaries, so past a few thousand lines an item's price would depend on how
+    # the events happen to be partitioned (local or cluster, how many cores).
+    prices = events.groupBy("item_id").agg(F.median("price").alias("price"))
     # A few thousand rows (tens of thousands at 10x): the category needs corpus-wide counts, so it is
     # computed on the driver with the same functions serving uses.
     frame = item_attributes_frame(prices.join(descriptions, "item_id", "left").toPandas())

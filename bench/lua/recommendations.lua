@@ -1,6 +1,7 @@
 -- wrk script of bench/serving_load.py: GET /v1/recommendations for users read from FG_USERS (one id per
 -- line), each thread walking the list from its own offset; counts non-200 answers and prints the
--- summary (latency percentiles in microseconds) as one JSON line prefixed with FGJSON.
+-- summary (latency percentiles in microseconds) as one JSON line prefixed with FGJSON. Every request
+-- sends the API key of FG_KEY as a Bearer token.
 local threads = {}
 
 function setup(thread)
@@ -14,11 +15,12 @@ function init(args)
   n = tonumber(os.getenv("FG_N") or "20")
   position = (id - 1) * 7919
   bad = 0
+  headers = {["Authorization"] = "Bearer " .. os.getenv("FG_KEY")}
 end
 
 function request()
   position = position + 1
-  return wrk.format("GET", "/v1/recommendations?n=" .. n .. "&user_id=" .. users[position % #users + 1])
+  return wrk.format("GET", "/v1/recommendations?n=" .. n .. "&user_id=" .. users[position % #users + 1], headers)
 end
 
 function response(status, headers, body)

@@ -100,6 +100,7 @@ class MongoCollections:
     RULES = "rules"  # {_id: rule name, definition, updated_at}
     MODELS = "models"  # {_id: "<name>:<version>", name, version, manifest: ModelManifest bytes, ...}
     ARTIFACTS = "artifacts"  # GridFS bucket of model artifacts
+    API_KEYS = "api_keys"  # {_id: key id, name, scopes, salt, digest, rate_per_s, created_at, revoked_at}
 
     @staticmethod
     def versioned(dataset: Dataset, version: str) -> str:
@@ -125,6 +126,11 @@ class ZkPaths:
         """A change counter of the rule-based recall rules (MongoDB `rules`), bumped on every PUT and
         DELETE; every serving worker watches it and reloads its in-memory copy of the rules."""
         return f"{self.root}/rules"
+
+    def keys(self) -> str:
+        """A change counter of the API keys (MongoDB `api_keys`), bumped on every revocation; every
+        serving worker watches it and re-reads the keys it has cached."""
+        return f"{self.root}/keys"
 
     def worker(self, worker_id: str) -> str:
         """Ephemeral: the versions one serving worker has loaded."""

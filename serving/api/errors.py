@@ -19,13 +19,15 @@ class ApiError(Exception):
     """A refusal with a status, a stable machine-readable code and a message a person can act on."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 details: list[dict[str, Any]] | None = None) -> None:
+                 details: list[dict[str, Any]] | None = None, headers: Mapping[str, str] | None = None
+                 ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.details = details or []
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"status": self.status, "code": self.code, "message": self.message,
@@ -45,14 +47,29 @@ def not_found(message: str, field: str | None = None) -> ApiError:
     return ApiError(404, "not_found", message, field)
 
 
-def unavailable(message: str) -> ApiError:
+def unavailable(message: str, *, retry_after_s: int | None = None) -> ApiError:
     """HTTP 503: a dependency the request cannot do without (e.g. the event broker) is down."""
-    return ApiError(503, "unavailable", message)
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
+    return ApiError(503, "unavailable", message, headers=headers)
+
+
+def too_large(limit: int, size: int | None, field: str = "body") -> ApiError:
+    """HTTP 413 with the limit in the message; `size` None: over the limit (a body without Content-Length)."""
+    shown = f"{size:,} bytes" if size is not None else f"over {limit:,} bytes"
+    return ApiError(413, "body_too_large",
+                    f"the body is {shown}; this endpoint takes at most {limit:,} bytes", field)
+
+
+def conflict(field: str, message: str) -> ApiError:
+    """HTTP 409: the request is valid but would break a limit on what is stored (e.g. rules per scene)."""
+    return ApiError(409, "limit_reached", message, field)
 
 
 def _api_error(req: falcon.Request, resp: falcon.Response, error: ApiError, params: dict[str, Any]) -> None:
     resp.status = falcon.code_to_http_status(error.status)
     resp.media = error.body()
+    for name, value in error.headers.items():
+        resp.set_header(name, value)
 
 
 def _http_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError,

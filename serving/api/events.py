@@ -8,17 +8,24 @@ time. Mounted in `serving.app` over the worker's `EventIngest`, which the worker
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar
 
 import falcon
 
+from finegrain.apikeys import Scope
 from finegrain.events.schema import MAX_BODY_BYTES
+from serving.api.auth import Access
+from serving.api.body import read_bounded, stream_of
 from serving.api.errors import ApiError, invalid, unavailable
 from serving.events.ingest import BATCHES, EventIngest
-from serving.events.parsing import JSON_MEDIA_TYPE, PROTOBUF_MEDIA_TYPES, BatchRejected, oversized
+from serving.events.parsing import (
+    BODY_TOO_LARGE,
+    JSON_MEDIA_TYPE,
+    PROTOBUF_MEDIA_TYPES,
+    BatchRejected,
+    oversized,
+)
 from serving.events.producer import BrokerUnavailable
-
-_READ_CHUNK = 64 * 1024
 
 
 def media_type(content_type: str | None) -> str:
@@ -26,25 +33,9 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-class _Readable(Protocol):
-    def read(self, size: int = ..., /) -> bytes: ...
-
-
-def read_bounded(stream: _Readable, limit: int) -> tuple[bytes, bool]:
-    """At most `limit` + 1 bytes of `stream`, and whether the body went over `limit`."""
-    read = stream.read
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = read(min(_READ_CHUNK, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks), size > limit
-
-
 class EventsResource:
+    auth: ClassVar[Access] = {"POST": Scope.EVENTS}
+
     def __init__(self, ingest: EventIngest, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.ingest = ingest
         self.max_body_bytes = max_body_bytes
@@ -82,9 +73,7 @@ class EventsResource:
         if declared is not None and declared > self.max_body_bytes:
             # Refused before reading a byte of it, so a huge body costs the worker nothing.
             raise oversized(declared, received_ms)
-        # Without a Content-Length (a chunked upload) only the raw stream sees the body.
-        stream = req.bounded_stream if declared is not None else req.stream
-        body, over = read_bounded(stream, self.max_body_bytes)
+        body, over = read_bounded(stream_of(req, declared), self.max_body_bytes)
         if over:
             raise oversized(None, received_ms, body)
         return body
@@ -94,4 +83,6 @@ class EventsResource:
 
 
 def _as_api_error(rejection: BatchRejected) -> ApiError:
+    if rejection.code == BODY_TOO_LARGE:
+        return ApiError(413, rejection.code, rejection.message, rejection.field)
     return invalid(rejection.field, rejection.message, code=rejection.code, details=rejection.details)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 import falcon
 
+from finegrain.apikeys import Scope
 from serving import metrics
+from serving.api.auth import OPEN, Access
 from serving.scenes import RANKER_MODELS
 from serving.swap import Runtime
 
 
 class HealthResource:
+    auth: ClassVar[Access] = {"GET": OPEN}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok", "pid": os.getpid(), "master_pid": os.getppid()}
 
@@ -19,6 +24,8 @@ class HealthResource:
 class ReadyResource:
     """Ready = a dataset snapshot and the default scene's ranker are loaded. Other missing models
     only degrade their scenes, and are listed."""
+
+    auth: ClassVar[Access] = {"GET": OPEN}
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -39,6 +46,11 @@ class ReadyResource:
 
 
 class MetricsResource:
+    """Needs a key with `scope` (FINEGRAIN_API_METRICS_SCOPE), except on the metrics listener."""
+
+    def __init__(self, scope: Scope = Scope.ADMIN) -> None:
+        self.auth: Access = {"GET": scope}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         body, content_type = metrics.render()
         resp.data = body

@@ -9,7 +9,10 @@ import falcon
 
 from serving.api.errors import invalid
 
-ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces, as the data's ids are
+MAX_ID_CHARS = 64
+# Printable ASCII without spaces, as the data's ids are.
+ID_PATTERN = re.compile(rf"^[\x21-\x7e]{{1,{MAX_ID_CHARS}}}$")
+ID_RULE = f"1-{MAX_ID_CHARS} printable characters without spaces"
 
 
 def check_known(req: falcon.Request, allowed: Iterable[str]) -> None:
@@ -33,7 +36,7 @@ def identifier(req: falcon.Request, name: str, *, required: bool = True) -> str 
             raise invalid(name, f"{name} is required")
         return None
     if not ID_PATTERN.match(value):
-        raise invalid(name, f"{name} must be 1-64 printable characters without spaces")
+        raise invalid(name, f"{name} must be {ID_RULE}")
     return value
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import falcon
 import numpy as np
 
+from finegrain.apikeys import Scope
 from serving.api import params
-from serving.api.errors import not_found
+from serving.api.auth import Access
+from serving.api.errors import invalid, not_found
 from serving.recommend import Recommender
 from serving.state import SIMILARITY_ALGORITHMS
 from serving.swap import Runtime
@@ -15,6 +19,8 @@ MAX_N = 200
 
 
 class RecommendationsResource:
+    auth: ClassVar[Access] = {"GET": Scope.RECOMMEND}
+
     def __init__(self, runtime: Runtime, recommender: Recommender) -> None:
         self.runtime = runtime
         self.recommender = recommender
@@ -31,10 +37,14 @@ class RecommendationsResource:
 
 
 class SimilarItemsResource:
+    auth: ClassVar[Access] = {"GET": Scope.RECOMMEND}
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
+        if not params.ID_PATTERN.match(item_id):
+            raise invalid("item_id", f"item_id must be {params.ID_RULE}")
         params.check_known(req, ("n", "algorithm"))
         n = params.integer(req, "n", default=20, low=1, high=MAX_N)
         algorithm = params.choice(req, "algorithm", SIMILARITY_ALGORITHMS, default="cosine")

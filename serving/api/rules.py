@@ -7,22 +7,32 @@
     DELETE /v1/rules/{name}                    204; 404 if unknown
     GET    /v1/rules/{name}/preview?user_id=   the rule's items for that user, with cache hit/miss per atom
 
+Every route needs the `admin` scope. A PUT body over `rule_max_body_bytes` is a 413; a rule that would
+give one of its scenes more than `rules_per_scene` enabled rules is a 409 naming `scenes`; Redis or
+MongoDB unreachable is a 503 (the rule's values cannot be checked, or it cannot be stored).
+
 The routes are mounted in `serving.app` (`add_rule_routes`): `RulesResource` and `RuleResource`, the
 latter also with the suffix "preview" for the preview route.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import falcon
+import redis
 from pymongo.errors import PyMongoError
 
-from serving.api.errors import ApiError, invalid, not_found, unavailable
+from finegrain.apikeys import Scope
+from serving.api.auth import Access
+from serving.api.body import read_body
+from serving.api.errors import ApiError, conflict, invalid, not_found, unavailable
+from serving.config import ServingConfig
 from serving.rules.atoms import IndexDirectory
-from serving.rules.definition import RuleError, check_rule_name, parse_rule, resolve_placeholder
+from serving.rules.definition import Rule, RuleError, check_rule_name, parse_rule, resolve_placeholder
 from serving.rules.engine import VERSIONED_DATASETS, RuleEngine
 from serving.rules.store import RuleNotFound, RuleStore
 
@@ -46,6 +56,8 @@ def _known(store: RuleStore, name: str) -> Any:
 class RulesResource:
     """`GET /v1/rules`."""
 
+    auth: ClassVar[Access] = {"GET": Scope.ADMIN}
+
     def __init__(self, store: RuleStore) -> None:
         self.store = store
 
@@ -58,32 +70,57 @@ class RulesResource:
 class RuleResource:
     """`GET/PUT/DELETE /v1/rules/{name}` and (suffix "preview") `GET /v1/rules/{name}/preview`."""
 
-    def __init__(self, store: RuleStore, engine: RuleEngine, directory: IndexDirectory | None = None) -> None:
+    auth: ClassVar[Access] = {"GET": Scope.ADMIN, "PUT": Scope.ADMIN, "DELETE": Scope.ADMIN}
+
+    def __init__(self, store: RuleStore, engine: RuleEngine, directory: IndexDirectory | None = None, *,
+                 config: ServingConfig | None = None) -> None:
         self.store = store
         self.engine = engine
         self.directory = directory or IndexDirectory(engine.client, engine.versions)
+        self.config = config or ServingConfig()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         resp.media = _known(self.store, name).to_json()
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         name = _name(name)
+        raw = read_body(req, self.config.rule_max_body_bytes)
+        if not raw.strip():
+            raise invalid("body", "the body must be a rule (JSON object); it is empty")
         try:
-            body = req.get_media()
-        except falcon.MediaNotFoundError:
-            raise invalid("body", "the body must be a rule (JSON object); it is empty") from None
-        except falcon.MediaMalformedError as exc:
-            raise invalid("body", f"the body is not valid JSON: {exc.description or exc.title}") from None
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise invalid("body", f"the body is not valid JSON: {exc}") from None
         try:
             rule = parse_rule(body)
             warnings = self.directory.check(rule.atoms())
         except RuleError as exc:
             raise invalid(exc.field, exc.message, code="invalid_rule") from None
+        except redis.RedisError as exc:
+            raise unavailable(f"cannot check the rule's values against the indexes: Redis unreachable "
+                              f"({type(exc).__name__})", retry_after_s=5) from None
+        self._check_scene_limit(name, rule)
         try:
             stored = self.store.put(name, rule)
         except PyMongoError as exc:
             raise unavailable(f"cannot store the rule: MongoDB unreachable ({type(exc).__name__})") from None
         resp.media = {**stored.to_json(), "warnings": warnings}
+
+    def _check_scene_limit(self, name: str, rule: Rule) -> None:
+        """Every request evaluates all of its scene's enabled rules: a scene may have `rules_per_scene`.
+        Checked on this worker's copy, so two PUTs on two workers in the same second may both pass; the
+        request path caps what it evaluates at the same number (`RuleService.candidates`)."""
+        if not rule.enabled:
+            return
+        limit = self.config.rules_per_scene
+        others = [stored for stored in self.store.all() if stored.name != name]
+        named = {scene for other in others for scene in other.rule.scenes}
+        scenes = list(rule.scenes) or sorted(set(self.config.scenes) | named)
+        for scene in scenes:
+            serving = [r.name for r in others if r.rule.serves(scene)]
+            if len(serving) >= limit:
+                raise conflict("scenes", f"scene {scene!r} already has {len(serving)} enabled rules, the "
+                               f"most allowed (rules_per_scene {limit}); disable or delete one of them first")
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         name = _name(name)

@@ -29,6 +29,9 @@ JSON_MEDIA_TYPE = "application/json"
 PROTOBUF_MEDIA_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 
 
+BODY_TOO_LARGE = "body_too_large"  # the code of a batch over MAX_BODY_BYTES: a 413, not a 400
+
+
 class BatchRejected(Exception):
     """A batch refused as a whole; `field` and `details` name what was wrong, `dead_letters` keep it."""
 
@@ -71,13 +74,13 @@ def _rejection(problems: list[EventProblem], total: int, received_ms: int, *,
 
 
 def _body_rejection(field: str, message: str, body: bytes, received_ms: int,
-                    event_count: int = 0) -> BatchRejected:
+                    event_count: int = 0, code: str = "invalid_body") -> BatchRejected:
     payload = body[:MAX_DEAD_LETTER_PAYLOAD]
     reason = message
     if len(payload) < len(body):
         reason += f" (payload truncated to the first {len(payload):,} of {len(body):,} bytes)"
     letter = DeadLetter(payload=payload, reason=reason, source=SOURCE, received_ms=received_ms, field=field)
-    return BatchRejected(field, message, event_count=event_count, dead_letters=[letter])
+    return BatchRejected(field, message, code=code, event_count=event_count, dead_letters=[letter])
 
 
 def _check_count(count: int, body: bytes, received_ms: int) -> None:
@@ -96,7 +99,7 @@ def _reject_constant(name: str) -> float:
 def parse_json_batch(body: bytes, received_ms: int) -> list[BehaviorEvent]:
     """The events of a JSON body `{"events": [...]}`; raises BatchRejected naming every bad field."""
     if len(body) > MAX_BODY_BYTES:
-        raise _body_rejection("body", _too_large(len(body)), body, received_ms)
+        raise _body_rejection("body", _too_large(len(body)), body, received_ms, code=BODY_TOO_LARGE)
     try:
         document = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -136,7 +139,7 @@ def parse_protobuf_batch(body: bytes, received_ms: int) -> list[BehaviorEvent]:
     """The events of an EventBatch body; proto3 zero values mean "not set" (quantity 0 is the default 1,
     timestamp_ms 0 is now, an empty event_id gets a uuid4). Raises BatchRejected like the JSON path."""
     if len(body) > MAX_BODY_BYTES:
-        raise _body_rejection("body", _too_large(len(body)), body, received_ms)
+        raise _body_rejection("body", _too_large(len(body)), body, received_ms, code=BODY_TOO_LARGE)
     batch = EventBatch()
     try:
         batch.ParseFromString(body)
@@ -176,4 +179,4 @@ def _too_large(size: int | None) -> str:
 
 def oversized(declared: int | None, received_ms: int, head: bytes = b"") -> BatchRejected:
     """The refusal of a body over the limit; `head` is what was read of it, if anything."""
-    return _body_rejection("body", _too_large(declared), head, received_ms)
+    return _body_rejection("body", _too_large(declared), head, received_ms, code=BODY_TOO_LARGE)

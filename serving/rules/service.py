@@ -25,6 +25,7 @@ class RuleService:
     def __init__(self, settings: Settings, config: ServingConfig, runtime: Runtime, client: redis.Redis
                  ) -> None:
         self.runtime = runtime
+        self.rules_per_scene = config.rules_per_scene
         self.store = RuleStore(settings)
         self.engine = RuleEngine(settings, client=lambda: client, versions=self._versions,
                                  ttl_seconds=config.rule_atom_ttl_s)
@@ -57,7 +58,9 @@ class RuleService:
                    ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """The scene's enabled rules for this user, merged: each item once with its best score and the
         names of the rules that brought it, best first."""
-        rules = self.store.active(scene)
+        # The PUT refuses a rule beyond the limit, but two PUTs on two workers at once can both pass:
+        # the request path never evaluates more than the limit (the first rules by name).
+        rules = self.store.active(scene)[:self.rules_per_scene]
         if not rules:
             return np.empty(0, dtype=object), np.empty(0), []
         versions = {Dataset(name): version for name, version in data.versions.items()}

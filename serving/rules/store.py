@@ -13,7 +13,6 @@ had and says so (`degraded`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -25,7 +24,6 @@ from typing import Any
 
 import pymongo
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError
 from prometheus_client import Gauge
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
@@ -33,6 +31,7 @@ from pymongo.errors import PyMongoError
 from finegrain.settings import Settings
 from finegrain.storage.clients import MongoDocument, mongo_client, zookeeper_client
 from finegrain.storage.contract import MongoCollections, ZkPaths
+from finegrain.storage.notices import announce
 from serving.rules.definition import Rule, RuleError, check_rule_name
 from serving.rules.engine import NamedRule
 
@@ -242,30 +241,12 @@ class RuleStore:
         zk.DataWatch(self.path, changed)
 
     def _announce(self, op: str, name: str) -> None:
-        """Bump the change counter (compare-and-set, so two concurrent writers both count)."""
         zk = self._zk
         if zk is None:
             log.warning("rules: ZooKeeper unavailable, other workers see %s %s within %.0f s", op, name,
                         self.poll_seconds)
             return
-        for _ in range(20):
-            try:
-                data, stat = zk.get(self.path)
-                counter = _change_count(data) + 1
-                payload = json.dumps({"changes": counter, "op": op, "rule": name,
-                                      "at": datetime.now(UTC).isoformat()}).encode()
-                zk.set(self.path, payload, version=stat.version)
-                return
-            except BadVersionError:
-                continue
-        log.warning("rules: could not announce %s %s after 20 attempts", op, name)
-
-
-def _change_count(data: bytes | None) -> int:
-    try:
-        return int(json.loads(data or b"{}").get("changes", 0))
-    except (ValueError, AttributeError, TypeError):
-        return 0  # not ours (hand-edited): restart the count, the bump itself still wakes every watcher
+        announce(zk, self.path, op=op, rule=name)
 
 
 def _fresh_lock(owner: weakref.ref[RuleStore]) -> None:

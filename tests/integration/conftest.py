@@ -18,7 +18,7 @@ from finegrain.data.layout import EVENTS_FILE
 from finegrain.data.retail import load_online_retail
 from finegrain.settings import Settings, get_settings
 from finegrain.spark import spark_session
-from finegrain.stack import ServiceStatus, services
+from finegrain.stack import ServiceStatus, services, spark_cluster
 from finegrain.storage.clients import mongo_client, redis_client, zookeeper_client
 
 # Redis databases the test sessions may claim, one each, so runs side by side don't flush each other.
@@ -34,7 +34,14 @@ def stack() -> list[ServiceStatus]:
 
 @pytest.fixture(scope="session")
 def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
-    base = get_settings()
+    with own_namespace(get_settings()) as test_settings:
+        yield test_settings
+
+
+@contextmanager
+def own_namespace(base: Settings) -> Iterator[Settings]:
+    """`base` with namespaces of its own in the shared servers (a Redis database, a Mongo database, a
+    ZooKeeper root, a Kafka topic prefix), emptied and dropped on exit."""
     run = uuid.uuid4().hex[:8]
     host, port = base.redis_address()
     redis_db = _claim_redis_db(host, port, run)
@@ -46,30 +53,11 @@ def settings(stack: list[ServiceStatus]) -> Iterator[Settings]:
             "kafka_topic_prefix": f"fgtest_{run}",
         }
     )
-    yield test_settings
-    redis_client(test_settings).flushdb()
-    drop_namespace(test_settings)
-
-
-@contextmanager
-def own_namespace(settings: Settings, name: str) -> Iterator[Settings]:
-    """The session's settings with namespaces of their own in every server (a Redis database claimed
-    like the session's), for a test whose datasets or models must not move the session's pointers."""
-    host, port = settings.redis_address()
-    run = f"{settings.mongo_database}_{name}"
-    own = settings.model_copy(update={
-        "mongo_database": run,
-        "redis_url": f"redis://{host}:{port}/{_claim_redis_db(host, port, run)}",
-        "zookeeper_root": f"{settings.zookeeper_root}_{name}",
-        "kafka_topic_prefix": f"{settings.kafka_topic_prefix}_{name}",
-    })
     try:
-        yield own
+        yield test_settings
     finally:
-        client = redis_client(own)
-        client.flushdb()  # the claim goes with it
-        client.close()
-        drop_namespace(own)
+        redis_client(test_settings).flushdb()
+        drop_namespace(test_settings)
 
 
 def drop_namespace(settings: Settings) -> None:
@@ -121,3 +109,22 @@ def spark(settings: Settings) -> Iterator[SparkSession]:
     session.stop()
     # py4j logs from __del__ at interpreter exit, after pytest closed the streams: an error, not news.
     logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def spark_master(stack: list[ServiceStatus]) -> Iterator[str]:
+    """The master URL of a Spark standalone cluster on 127.0.0.1 (a master and a worker of the installed
+    pyspark, `finegrain.stack.spark_cluster`), started here unless the stack already runs it. What was
+    started here is stopped when the module ends, a failed test or start-up included: no JVM outlives
+    the tests (the worker takes its executors down with it)."""
+    cluster = spark_cluster(get_settings())
+    started = []
+    try:
+        for service in cluster:
+            if service.running_pid() is None:
+                started.append(service)
+            service.up()
+        yield get_settings().spark_cluster_url
+    finally:
+        for service in reversed(started):
+            service.down()

@@ -2,7 +2,9 @@
 
 `ServingDeployment` gives the API its own namespaces (a dedicated redis-server it may stop, its own
 ZooKeeper root and Mongo database), fills them with the offline jobs' datasets and a small XGBoost
-ranker published through the registry, and runs the API with `serving.process.ApiServer`."""
+ranker published through the registry, and runs the API with `serving.process.ApiServer`, with
+authentication on: `token` is a key of every scope, also the settings' FINEGRAIN_API_KEY (what the
+CLI's API clients send)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from models.xgboost_ranker import RankerConfig, train_ranker
 from serving.process import ApiServer
 from spark_jobs import JOBS
 from spark_jobs.runner import load_job, run_jobs
+from tests.integration.api_keys import bearer
 
 AS_OF = date(2010, 12, 10)
 TRAIN_CUTOFF = date(2010, 10, 11)
@@ -86,10 +89,15 @@ class ServingDeployment:
     settings: Settings
     redis_server: DedicatedRedis
     server: ApiServer
+    token: str
 
     @property
     def base_url(self) -> str:
         return self.server.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
 
 
 def build_datasets(settings: Settings, events: Path, spark: Any) -> None:

@@ -23,11 +23,13 @@ from finegrain.schemas import BehaviorEvent, DeadLetter, EventBatch, EventContex
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics
 from finegrain.storage.contract import KafkaTopics
-from serving.api.errors import install_error_handlers
 from serving.api.events import EventsResource
+from serving.app import api_app
+from serving.config import ServingConfig
 from serving.events.ingest import EventIngest
 from serving.events.parsing import SOURCE
 from serving.events.producer import EventProducer
+from tests.integration.api_keys import api_key, bearer
 from tests.integration.kafka_reader import TopicReader
 
 pytestmark = pytest.mark.integration
@@ -57,11 +59,16 @@ def dead_letters(settings: Settings, topics: KafkaTopics) -> Iterator[TopicReade
     reader.close()
 
 
-def _client(ingest: EventIngest) -> falcon.testing.TestClient:
-    app = falcon.App()
-    install_error_handlers(app)
+@pytest.fixture(scope="module")
+def token(settings: Settings) -> str:
+    return api_key(settings, "events", name="events-api-tests")
+
+
+def _client(ingest: EventIngest, settings: Settings, token: str) -> falcon.testing.TestClient:
+    """The events resource behind the API's own middleware: with auth on, as served."""
+    app = api_app(settings, ServingConfig())
     app.add_route("/v1/events", EventsResource(ingest))
-    return falcon.testing.TestClient(app)
+    return falcon.testing.TestClient(app, headers=bearer(token))
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,8 @@ def ingest(settings: Settings, topics: KafkaTopics) -> Iterator[EventIngest]:
 
 
 @pytest.fixture(scope="module")
-def client(ingest: EventIngest) -> falcon.testing.TestClient:
-    return _client(ingest)
+def client(ingest: EventIngest, settings: Settings, token: str) -> falcon.testing.TestClient:
+    return _client(ingest, settings, token)
 
 
 def _count(outcome: str) -> float:
@@ -188,20 +195,25 @@ BAD_INPUTS = [  # name, content type, body, field named by the 400, dead letters
 
 @pytest.mark.parametrize(("content_type", "body", "field", "letters"),
                          [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
-def test_bad_input_is_a_400_naming_the_field_and_reaches_only_the_dead_letter_topic(
+def test_bad_input_is_a_400_or_413_naming_the_field_and_reaches_only_the_dead_letter_topic(
     client: falcon.testing.TestClient, events_topic: TopicReader, dead_letters: TopicReader,
     content_type: str, body: bytes, field: str, letters: int,
 ) -> None:
     events_before = events_topic.watermarks()
     result = client.simulate_post("/v1/events", body=body, content_type=content_type)
-    assert result.status_code == 400, result.text
+    oversized = field == "body" and len(body) > MAX_BODY_BYTES
+    status = 413 if oversized else 400
+    assert result.status_code == status, result.text
     error = result.json["error"]
-    assert (error["status"], error["field"]) == (400, field)
-    assert error["code"] in ("invalid_event", "invalid_body")
+    assert (error["status"], error["field"]) == (status, field)
+    if oversized:
+        assert error["code"] == "body_too_large" and f"at most {MAX_BODY_BYTES:,} bytes" in error["message"]
+    else:
+        assert error["code"] in ("invalid_event", "invalid_body")
     [letter] = [decode(DeadLetter, m.value()) for m in dead_letters.read_new(letters)]
     assert (letter.field, letter.source) == (field, SOURCE)
     assert letter.reason and letter.received_ms > 0
-    if field == "body" and len(body) > MAX_BODY_BYTES:
+    if oversized:
         assert letter.payload == b""  # refused on Content-Length, never read
     elif field.startswith("events[") and content_type == PROTOBUF:
         assert letter.payload == EventBatch.FromString(body).events[0].SerializeToString()
@@ -232,6 +244,21 @@ def test_every_bad_event_of_a_batch_is_listed_and_dead_lettered(
     assert _count("rejected") == rejected_before + 4
 
 
+def test_only_a_key_with_the_events_scope_may_post_and_a_refusal_produces_nothing(
+    client: falcon.testing.TestClient, settings: Settings, events_topic: TopicReader,
+    dead_letters: TopicReader,
+) -> None:
+    reader_key = api_key(settings, "recommend", name="events-api-reader")
+    before, letters_before = events_topic.watermarks(), dead_letters.watermarks()
+    forbidden = client.simulate_post("/v1/events", json={"events": [GOOD]}, headers=bearer(reader_key))
+    assert forbidden.status_code == 403 and forbidden.json["error"]["code"] == "insufficient_scope"
+    assert 'scope="events"' in forbidden.headers["WWW-Authenticate"]
+    anonymous = client.simulate_post("/v1/events", json={"events": [GOOD]}, headers={"Authorization": ""})
+    assert anonymous.status_code == 401 and anonymous.json["error"]["code"] == "missing_key"
+    time.sleep(0.5)
+    assert events_topic.watermarks() == before and dead_letters.watermarks() == letters_before
+
+
 def test_another_content_type_is_a_415_in_json(client: falcon.testing.TestClient) -> None:
     result = client.simulate_post("/v1/events", body="user_id=1", content_type="text/plain")
     assert result.status_code == 415
@@ -239,13 +266,14 @@ def test_another_content_type_is_a_415_in_json(client: falcon.testing.TestClient
     assert "application/json" in result.json["error"]["message"]
 
 
-def test_a_broker_that_is_down_gives_a_quick_503_and_nothing_is_accepted(settings: Settings) -> None:
+def test_a_broker_that_is_down_gives_a_quick_503_and_nothing_is_accepted(settings: Settings, token: str
+                                                                        ) -> None:
     down = settings.model_copy(update={"kafka_bootstrap_servers": "127.0.0.1:1"})
     accepted_before, failed_before = _count("accepted"), _count("failed")
     # Once through the topic check on first use, once with the topics assumed to exist (the produce path).
     for producer in (EventProducer(down, delivery_timeout_s=1.0),
                      EventProducer(down, delivery_timeout_s=1.0, create_topics=False)):
-        client = _client(EventIngest(producer))
+        client = _client(EventIngest(producer), settings, token)
         started = time.monotonic()
         result = client.simulate_post("/v1/events", json={"events": [GOOD, GOOD]})
         assert time.monotonic() - started < 4.0
@@ -289,10 +317,10 @@ def test_a_forked_worker_makes_its_own_producer(
 
 
 def test_close_flushes_and_a_later_request_reconnects(
-    settings: Settings, topics: KafkaTopics, events_topic: TopicReader
+    settings: Settings, topics: KafkaTopics, events_topic: TopicReader, token: str
 ) -> None:
     service = EventIngest.from_settings(settings, delivery_timeout_s=5.0)
-    client = _client(service)
+    client = _client(service, settings, token)
     assert client.simulate_post("/v1/events", json={"events": [GOOD]}).status_code == 202
     service.close()
     assert service.producer._producer is None

@@ -32,8 +32,8 @@ from finegrain.storage.clients import mongo_database, redis_client, zookeeper_cl
 from finegrain.storage.contract import Dataset, MongoCollections, RedisKeys, ZkPaths
 from finegrain.storage.datasets import switch_dataset
 from finegrain.storage.lists import current_version, read_list
-from serving.api.errors import install_error_handlers
-from serving.app import add_rule_routes
+from serving.app import add_rule_routes, api_app
+from serving.config import ServingConfig
 from serving.rules.definition import Atom, parse_rule
 from serving.rules.engine import NamedRule, RuleEngine, measure_hit_rate
 from serving.rules.store import RuleStore
@@ -41,6 +41,7 @@ from spark_jobs.content_index import ContentIndexJob
 from spark_jobs.features import FeaturesJob
 from spark_jobs.popularity import PopularityJob
 from spark_jobs.runner import run_jobs
+from tests.integration.api_keys import api_key, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -83,12 +84,23 @@ def engine(settings: Settings, built: Built) -> RuleEngine:
     return RuleEngine(settings, ttl_seconds=600)
 
 
+def rules_client(settings: Settings, store: RuleStore, engine: RuleEngine, config: ServingConfig,
+                 token: str) -> falcon.testing.TestClient:
+    """The rules API behind the API's own middleware (auth on), sending `token`."""
+    app = api_app(settings, config)
+    add_rule_routes(app, store, engine, config)
+    return falcon.testing.TestClient(app, headers=bearer(token))
+
+
 @pytest.fixture(scope="module")
-def api(store: RuleStore, engine: RuleEngine) -> falcon.testing.TestClient:
-    app = falcon.App()
-    install_error_handlers(app)
-    add_rule_routes(app, store, engine)
-    return falcon.testing.TestClient(app)
+def admin_key(settings: Settings) -> str:
+    return api_key(settings, "admin", name="rules-tests")
+
+
+@pytest.fixture(scope="module")
+def api(settings: Settings, store: RuleStore, engine: RuleEngine, admin_key: str
+        ) -> falcon.testing.TestClient:
+    return rules_client(settings, store, engine, ServingConfig(), admin_key)
 
 
 def profile(client: redis.Redis, built: Built, user_id: str) -> UserProfile:
@@ -292,6 +304,9 @@ def test_a_new_index_version_gets_new_keys(settings: Settings, engine: RuleEngin
     ({"where": {"not": {"term": "candle"}}}, "where.not"),
     ({"where": {"all": [{"term": "candle"}, {"price_band": 42}]}}, "where.all[1].price_band"),
     ({"where": {"term": "candle"}, "limit": 0}, "limit"),
+    # 33 atoms, one more than a rule may hold (MAX_ATOMS): the 33rd is named.
+    ({"where": {"any": [{"any": [{"term": "candle"}] * 16}, {"any": [{"term": "candle"}] * 17}]}},
+     "where.any[1].any[16].term"),
 ])
 def test_bad_rules_are_refused_naming_the_field(api: falcon.testing.TestClient, body: dict[str, Any],
                                                 field: str) -> None:
@@ -312,6 +327,51 @@ def test_malformed_requests_are_refused(api: falcon.testing.TestClient) -> None:
     bad_user = api.simulate_get("/v1/rules/prev/preview", params={"user_id": "a b"})
     assert bad_user.status_code == 400 and bad_user.json["error"]["field"] == "user_id"
     assert api.simulate_get("/v1/rules/nope/preview").status_code == 404
+
+
+def test_a_rule_body_over_the_limit_is_a_413_naming_it(api: falcon.testing.TestClient) -> None:
+    limit = ServingConfig().rule_max_body_bytes
+    body = {"where": {"term": "candle"}, "description": "x" * limit}
+    response = api.simulate_put("/v1/rules/huge", json=body)
+    assert response.status_code == 413, response.text
+    error = response.json["error"]
+    assert (error["code"], error["field"]) == ("body_too_large", "body")
+    assert f"{limit:,} bytes" in error["message"]
+    assert api.simulate_get("/v1/rules/huge").status_code == 404
+
+
+def test_a_scene_takes_at_most_rules_per_scene_enabled_rules(settings: Settings, store: RuleStore,
+                                                             engine: RuleEngine, admin_key: str) -> None:
+    scene = "limit-scene"
+    # Rules of the other tests that name no scene serve this one too: the limit counts them.
+    config = ServingConfig(rules_per_scene=len(store.active(scene)) + 2)
+    api = rules_client(settings, store, engine, config, admin_key)
+    rule = {"where": {"best_seller": "7d"}, "scenes": [scene]}
+    names = ["limit-a", "limit-b", "limit-c"]
+    try:
+        assert api.simulate_put(f"/v1/rules/{names[0]}", json=rule).status_code == 200
+        assert api.simulate_put(f"/v1/rules/{names[1]}", json=rule).status_code == 200
+        refused = api.simulate_put(f"/v1/rules/{names[2]}", json=rule)
+        assert refused.status_code == 409, refused.text
+        error = refused.json["error"]
+        assert (error["code"], error["field"]) == ("limit_reached", "scenes") and scene in error["message"]
+        assert api.simulate_get(f"/v1/rules/{names[2]}").status_code == 404
+        # Replacing one of the scene's rules, or adding a disabled one, adds nothing to evaluate.
+        assert api.simulate_put(f"/v1/rules/{names[1]}", json={**rule, "limit": 5}).status_code == 200
+        assert api.simulate_put(f"/v1/rules/{names[2]}", json={**rule, "enabled": False}).status_code == 200
+    finally:
+        for name in names:
+            api.simulate_delete(f"/v1/rules/{name}")
+
+
+def test_rules_need_the_admin_scope(api: falcon.testing.TestClient, settings: Settings) -> None:
+    writer = bearer(api_key(settings, "events", "recommend", name="rules-not-admin"))
+    for method, path in (("GET", "/v1/rules"), ("PUT", "/v1/rules/sneaky"), ("DELETE", "/v1/rules/kept"),
+                         ("GET", "/v1/rules/kept/preview")):
+        response = api.simulate_request(method, path, headers=writer, json={"where": {"term": "candle"}})
+        assert response.status_code == 403, (method, path, response.text)
+        assert response.json["error"]["code"] == "insufficient_scope"
+    assert api.simulate_get("/v1/rules/sneaky").status_code == 404
 
 
 def test_preview_shows_items_and_cache_per_atom(api: falcon.testing.TestClient, engine: RuleEngine,

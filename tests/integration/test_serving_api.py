@@ -1,10 +1,13 @@
 """The API under gunicorn (2 workers) against the real local stack, on the real data's datasets and a
-real (small) XGBoost ranker: recommendations, explanations, similar items, 400s, a model swap under
-concurrent requests, a corrupt model refused, and degraded answers once Redis is stopped."""
+real (small) XGBoost ranker, with authentication on: recommendations, explanations, similar items,
+400s, 401/403/413/429, a revoked key refused by every worker, answers degraded (not failed) when
+feature assembly or explain fail on a profile they cannot use, a model swap under concurrent
+requests, a corrupt model refused, and degraded answers once Redis is stopped."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -16,19 +19,32 @@ import httpx
 import pandas as pd
 import pytest
 import redis
+from pydantic import SecretStr
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from cli import api as api_cli
 from cli import app as cli
+from finegrain.apikeys import KeyStore, parse_token
 from finegrain.codecs import decode, encode
-from finegrain.schemas import BehaviorEvent, EventType, ModelManifest, RealtimeProfile, RecentAction
+from finegrain.events.schema import MAX_BODY_BYTES
+from finegrain.schemas import (
+    BehaviorEvent,
+    EventType,
+    ModelManifest,
+    RealtimeProfile,
+    RecentAction,
+    UserProfile,
+)
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics, zookeeper_client
-from finegrain.storage.contract import KafkaTopics, RedisKeys, ZkPaths
+from finegrain.storage.contract import Dataset, KafkaTopics, RedisKeys, ZkPaths
+from finegrain.storage.lists import current_version
 from finegrain.storage.workers import worker_states
 from models.registry import ModelRegistry
+from serving.config import ServingConfig
 from serving.process import ApiServer
+from tests.integration.api_keys import api_key, bearer
 from tests.integration.kafka_reader import TopicReader
 from tests.integration.serving_harness import (
     RANKER,
@@ -55,11 +71,14 @@ def deployment(settings: Settings, retail_data: Path, spark: SparkSession,
         "redis_url": redis_server.url, "zookeeper_root": f"{settings.zookeeper_root}/serving",
         "mongo_database": f"{settings.mongo_database}_serving", "var_dir": folder,
         "kafka_topic_prefix": f"{settings.kafka_topic_prefix}_serving",
-        "api_bind": f"127.0.0.1:{free_port()}", "api_workers": 2})
+        "api_bind": f"127.0.0.1:{free_port()}", "api_metrics_bind": f"127.0.0.1:{free_port()}",
+        "api_workers": 2})
     events = retail_data / "events.parquet"
     build_datasets(own, events, spark)
     publish(own, RANKER, register_ranker(own, events))
-    served = ServingDeployment(own, redis_server, ApiServer(own))
+    token = api_key(own, name="serving-tests")
+    own = own.model_copy(update={"api_key": SecretStr(token)})
+    served = ServingDeployment(own, redis_server, ApiServer(own), token)
     try:
         served.server.start()
         yield served
@@ -77,7 +96,7 @@ def users(retail_data: Path) -> list[str]:
 
 
 def get(deployment: ServingDeployment, path: str, **params: Any) -> httpx.Response:
-    return httpx.get(f"{deployment.base_url}{path}", params=params, timeout=10)
+    return httpx.get(f"{deployment.base_url}{path}", params=params, headers=deployment.headers, timeout=10)
 
 
 def test_known_user_gets_ranked_items_with_their_channels(deployment: ServingDeployment,
@@ -176,6 +195,145 @@ def test_health_metrics_and_openapi(deployment: ServingDeployment) -> None:
     assert "/v1/recommendations" in document["paths"] and "/v1/events" in document["paths"]
 
 
+def _fresh_connections(url: str, headers: dict[str, str], count: int, **params: Any) -> list[httpx.Response]:
+    """`count` requests, each on a new connection, so they spread over the workers."""
+    with httpx.Client(headers=headers, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+        return [http.get(url, params=params) for _ in range(count)]
+
+
+def test_requests_without_a_key_or_with_the_wrong_scope_are_refused(deployment: ServingDeployment,
+                                                                     users: list[str]) -> None:
+    url = f"{deployment.base_url}/v1/recommendations"
+    missing = httpx.get(url, params={"user_id": users[0]}, timeout=10)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_key"
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="finegrain"'
+    key_id, _ = parse_token(deployment.token)
+    forged = f"fg_{key_id}_{'A' * 43}"  # a real key id with a made-up secret
+    wrong = httpx.get(url, params={"user_id": users[0]}, headers=bearer(forged), timeout=10)
+    assert wrong.status_code == 401 and "does not match" in wrong.json()["error"]["message"]
+    assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
+    events_only = bearer(api_key(deployment.settings, "events", name="serving-events-only"))
+    forbidden = httpx.get(url, params={"user_id": users[0]}, headers=events_only, timeout=10)
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "insufficient_scope"
+    assert 'scope="recommend"' in forbidden.headers["WWW-Authenticate"]
+    reader = bearer(api_key(deployment.settings, "recommend", name="serving-reader"))
+    assert httpx.get(f"{deployment.base_url}/metrics", headers=reader, timeout=10).status_code == 403
+    put = httpx.put(f"{deployment.base_url}/v1/rules/not-allowed", json=RULE, headers=reader, timeout=10)
+    assert put.status_code == 403
+    assert httpx.get(f"{deployment.base_url}/readyz", timeout=10).status_code == 200  # open
+
+
+def test_the_metrics_listener_serves_metrics_without_a_key_and_nothing_else(deployment: ServingDeployment,
+                                                                           users: list[str]) -> None:
+    listener = f"http://{deployment.settings.api_metrics_bind}"
+    scraped = httpx.get(f"{listener}/metrics", timeout=10)
+    assert scraped.status_code == 200 and "finegrain_requests_total" in scraped.text
+    assert httpx.get(f"{listener}/healthz", timeout=10).status_code == 200
+    refused = httpx.get(f"{listener}/v1/recommendations", params={"user_id": users[0]},
+                        headers=deployment.headers, timeout=10)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{deployment.base_url}/metrics", timeout=10).status_code == 401
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after(deployment: ServingDeployment) -> None:
+    slow = bearer(api_key(deployment.settings, "recommend", name="serving-slow", rate_per_s=1.0))
+    url = f"{deployment.base_url}/v1/items/85123A/similar"
+    responses = _fresh_connections(url, slow, 12, n=3)
+    statuses = Counter(r.status_code for r in responses)
+    # A bucket of 2 (1/s x burst_s 2) in each of the 2 workers, refilled by about 1 token per second.
+    assert set(statuses) == {200, 429} and statuses[200] <= 6, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "rate_limited"
+    wait = int(refused.headers["Retry-After"])
+    assert 1 <= wait <= 2
+    time.sleep(wait)
+    assert httpx.get(url, params={"n": 3}, headers=slow, timeout=10).status_code == 200
+
+
+def test_a_revoked_key_is_refused_by_every_worker_within_seconds(deployment: ServingDeployment,
+                                                                  users: list[str]) -> None:
+    token = api_key(deployment.settings, "recommend", name="serving-revoked")
+    url = f"{deployment.base_url}/v1/items/85123A/similar"
+    first_use = time.monotonic()
+    assert {r.status_code for r in _fresh_connections(url, bearer(token), 12, n=2)} == {200}
+    with KeyStore(deployment.settings) as store:
+        revoked = store.revoke(parse_token(token)[0])
+    assert revoked.announced and revoked.key.revoked
+
+    def all_refused() -> bool:
+        return {r.status_code for r in _fresh_connections(url, bearer(token), 12, n=2)} == {401}
+
+    wait_for(all_refused, 8, "every worker to refuse the revoked key")
+    # Well inside the workers' 10 s cache TTL: the ZooKeeper notice did it, not the expiry.
+    assert time.monotonic() - first_use < 9
+    assert get(deployment, "/v1/items/85123A/similar", n=2).status_code == 200  # other keys unaffected
+
+
+def test_bodies_over_their_limit_are_413_naming_the_limit(deployment: ServingDeployment) -> None:
+    events = httpx.post(f"{deployment.base_url}/v1/events", content=b" " * (MAX_BODY_BYTES + 1),
+                        headers={**deployment.headers, "Content-Type": "application/json"}, timeout=30)
+    assert events.status_code == 413 and f"{MAX_BODY_BYTES:,} bytes" in events.json()["error"]["message"]
+    limit = ServingConfig().rule_max_body_bytes
+    rule = httpx.put(f"{deployment.base_url}/v1/rules/huge", json={**RULE, "description": "x" * limit},
+                     headers=deployment.headers, timeout=10)
+    assert rule.status_code == 413 and rule.json()["error"]["code"] == "body_too_large"
+    long_item = get(deployment, f"/v1/items/{'9' * 65}/similar")
+    assert long_item.status_code == 400 and long_item.json()["error"]["field"] == "item_id"
+
+
+def _with_profile(deployment: ServingDeployment, user: str, change: dict[str, Any]) -> Any:
+    """Rewrite the user's offline profile in Redis with `change` (as a broken or out-of-range profile
+    would be written), returning a function that puts the original back."""
+    client = redis.Redis.from_url(deployment.settings.redis_url)
+    version = current_version(client, Dataset.FEATURES)
+    assert version is not None
+    key = RedisKeys.user_profile(version, user)
+    original = client.get(key)
+    assert original is not None
+    changed = decode(UserProfile, bytes(original))  # type: ignore[arg-type]
+    for field, value in change.items():
+        setattr(changed, field, value)
+    client.set(key, encode(changed))
+
+    def restore() -> None:
+        client.set(key, original)  # type: ignore[arg-type]
+        client.close()
+
+    return restore
+
+
+def test_feature_assembly_failing_degrades_the_answer(deployment: ServingDeployment,
+                                                      users: list[str]) -> None:
+    # A profile older than the item features would leak later purchases into the features: refused.
+    restore = _with_profile(deployment, users[5], {"as_of_ms": 1})
+    try:
+        response = get(deployment, "/v1/recommendations", user_id=users[5], n=10, explain="true")
+    finally:
+        restore()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["degraded"] is True and body["ranker"] is None and len(body["items"]) == 10
+    assert any(reason.startswith("features: ValueError") for reason in body["degraded_reasons"])
+    assert 'finegrain_degraded_responses_total{reason="features"}' in get(deployment, "/metrics").text
+    assert get(deployment, "/v1/recommendations", user_id=users[5], n=10).json()["degraded"] is False
+
+
+def test_explain_failing_degrades_the_answer_not_the_ranking(deployment: ServingDeployment,
+                                                             users: list[str]) -> None:
+    # XGBoost scores an infinite feature but refuses it when computing contributions.
+    restore = _with_profile(deployment, users[6], {"total_spend": float("inf")})
+    try:
+        response = get(deployment, "/v1/recommendations", user_id=users[6], n=5, explain="true")
+    finally:
+        restore()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ranker"] == RANKER and len(body["items"]) == 5  # ranked all the same
+    assert body["degraded"] is True and any(r.startswith("explain: ") for r in body["degraded_reasons"])
+    assert all("explanation" not in item for item in body["items"])
+    assert 'finegrain_degraded_responses_total{reason="explain"}' in get(deployment, "/metrics").text
+
+
 def test_events_are_produced_to_kafka_and_bad_ones_refused(deployment: ServingDeployment) -> None:
     settings = deployment.settings
     topics = KafkaTopics(settings.kafka_topic_prefix)
@@ -185,7 +343,8 @@ def test_events_are_produced_to_kafka_and_bad_ones_refused(deployment: ServingDe
         events = [{"user_id": "13085", "item_id": "85048", "type": "add_to_cart", "quantity": 2,
                    "timestamp": "2010-12-01T08:26:00Z", "context": {"scene": "home"}},
                   {"user_id": "13085", "item_id": "22423", "type": "purchase", "price": 12.75}]
-        accepted = httpx.post(f"{deployment.base_url}/v1/events", json={"events": events}, timeout=10)
+        accepted = httpx.post(f"{deployment.base_url}/v1/events", json={"events": events},
+                              headers=deployment.headers, timeout=10)
         assert accepted.status_code == 202, accepted.text
         assert accepted.json()["accepted"] == 2
         messages = reader.read_new(2)
@@ -194,7 +353,7 @@ def test_events_are_produced_to_kafka_and_bad_ones_refused(deployment: ServingDe
         assert [(e.item_id, e.type) for e in decoded] == [("85048", EventType.ADD_TO_CART),
                                                           ("22423", EventType.PURCHASE)]
         assert [e.event_id for e in decoded] == accepted.json()["event_ids"]
-        refused = httpx.post(f"{deployment.base_url}/v1/events",
+        refused = httpx.post(f"{deployment.base_url}/v1/events", headers=deployment.headers,
                              json={"events": [{"user_id": "13085", "item_id": "1", "type": "teleport"}]})
         assert refused.status_code == 400 and refused.json()["error"]["field"] == "events[0].type"
         before = reader.watermarks()
@@ -216,14 +375,19 @@ def _rule_candidates(deployment: ServingDeployment, user: str) -> tuple[int, lis
 
 def test_rules_crud_and_rule_recall_on_every_worker(deployment: ServingDeployment, users: list[str]) -> None:
     url = f"{deployment.base_url}/v1/rules"
-    bad = httpx.put(f"{url}/fav-category", json={**RULE, "where": {"not": {"term": "heart"}}}, timeout=10)
+    http = httpx.Client(headers=deployment.headers, timeout=10)
+    bad = http.put(f"{url}/fav-category", json={**RULE, "where": {"not": {"term": "heart"}}})
     assert bad.status_code == 400 and bad.json()["error"]["field"].startswith("where")
-    typo = httpx.put(f"{url}/typo", json={**RULE, "where": {"category": "no-such-category-x"}}, timeout=10)
+    typo = http.put(f"{url}/typo", json={**RULE, "where": {"category": "no-such-category-x"}})
     assert typo.status_code == 400 and typo.json()["error"]["field"] == "where.category"
-    stored = httpx.put(f"{url}/fav-category", json=RULE, timeout=10)
+    stored = http.put(f"{url}/fav-category", json=RULE)
     assert stored.status_code == 200, stored.text
-    assert httpx.get(f"{url}/fav-category", timeout=10).json()["definition"]["limit"] == 50
-    assert "fav-category" in json.dumps(httpx.get(url, timeout=10).json())
+    # The other worker learns of the rule from the ZooKeeper notice, a moment after the PUT returned.
+    fetched = wait_for(lambda: all(r.status_code == 200 for r in _fresh_connections(f"{url}/fav-category",
+                                                                                     deployment.headers, 6))
+                       and http.get(f"{url}/fav-category"), 20, "every worker to serve the new rule")
+    assert fetched.json()["definition"]["limit"] == 50, fetched.text
+    assert "fav-category" in json.dumps(http.get(url).json())
     # Every worker (requests land on either) serves the rule: the store follows the ZooKeeper znode.
     def recalled() -> tuple[int, list[dict[str, Any]]] | None:
         found = _rule_candidates(deployment, users[3])
@@ -234,10 +398,11 @@ def test_rules_crud_and_rule_recall_on_every_worker(deployment: ServingDeploymen
         assert count <= 50
     tagged = [item for item in items if "rule" in item["channels"]]
     assert tagged and all(item["rules"] == ["fav-category"] for item in tagged)
-    preview = httpx.get(f"{url}/fav-category/preview", params={"user_id": users[3]}, timeout=10).json()
+    preview = http.get(f"{url}/fav-category/preview", params={"user_id": users[3]}).json()
     assert preview["items"] and all(atom["cache"] in ("hit", "miss") for atom in preview["atoms"])
-    assert httpx.delete(f"{url}/fav-category", timeout=10).status_code == 204
-    assert httpx.get(f"{url}/fav-category", timeout=10).status_code == 404
+    assert http.delete(f"{url}/fav-category").status_code == 204
+    assert http.get(f"{url}/fav-category").status_code == 404
+    http.close()
     wait_for(lambda: all(_rule_candidates(deployment, users[3])[0] == 0 for _ in range(6)), 20,
              "every worker to drop the deleted rule")
 
@@ -265,7 +430,7 @@ def _served_versions(settings: Settings) -> list[str]:
 
 def _hammer(deployment: ServingDeployment, users: list[str], stop: threading.Event,
             statuses: Counter[int], latencies: list[float]) -> None:
-    with httpx.Client(base_url=deployment.base_url, timeout=10) as client:
+    with httpx.Client(base_url=deployment.base_url, headers=deployment.headers, timeout=10) as client:
         i = 0
         while not stop.is_set():
             started = time.perf_counter()
@@ -344,16 +509,31 @@ def test_a_worker_starts_and_answers_with_zookeeper_or_mongo_unreachable(
     unreachable = {"zookeeper_hosts": "127.0.0.1:1",
                    "mongo_uri": "mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=300"}
     settings = deployment.settings.model_copy(update={
-        setting: unreachable[setting], "api_bind": f"127.0.0.1:{free_port()}", "api_workers": 1,
+        setting: unreachable[setting], "api_bind": f"127.0.0.1:{free_port()}", "api_metrics_bind": None,
+        "api_workers": 1,
         "var_dir": deployment.settings.var_dir / f"without-{dependency}"})
+    # As a worker restarted on the same host would: with MongoDB away it verifies keys with the records
+    # its predecessors saved at their start (serving.auth.keys).
+    snapshot = Path("serving") / "api_keys.json"
+    (settings.var_dir / snapshot).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(deployment.settings.var_dir / snapshot, settings.var_dir / snapshot)
+    newer = api_key(deployment.settings, "recommend", name="serving-after-the-snapshot")
     server = ApiServer(settings)
     try:
         server.start(timeout_s=120, ready=dependency == "zookeeper")
         ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
         body = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": users[4], "n": 10},
-                         timeout=10).json()
+                         headers=deployment.headers, timeout=10).json()
+        unverified = httpx.get(f"{server.url}/v1/recommendations", params={"user_id": users[4]},
+                               headers=bearer(newer), timeout=10)
     finally:
         server.stop()
+    if dependency == "mongo":
+        # A key the worker has never seen cannot be checked without MongoDB: a 503 to retry, not a 401.
+        assert unverified.status_code == 503, unverified.text
+        assert unverified.json()["error"]["code"] == "unavailable" and unverified.headers["Retry-After"]
+    else:
+        assert unverified.status_code == 200
     assert len(body["items"]) == 10 and body["cold_start"] is False
     if dependency == "zookeeper":
         # Datasets from the Redis pointers, the ranker from the registry's published flag.
@@ -379,6 +559,13 @@ def test_redis_down_gives_degraded_answers_not_errors(deployment: ServingDeploym
         assert any("redis" in reason for reason in body["degraded_reasons"]), body["degraded_reasons"]
     assert elapsed < 10, f"10 degraded requests took {elapsed:.1f} s"
     assert get(deployment, "/healthz").status_code == 200
+    # A rule's values cannot be checked against the datasets (a country's best sellers are looked up in
+    # Redis on every PUT): refused with a 503, not a 500, and nothing stored.
+    put = httpx.put(f"{deployment.base_url}/v1/rules/while-redis-is-down", headers=deployment.headers,
+                    json={"where": {"country_best_seller": "France"}}, timeout=10)
+    assert put.status_code == 503, put.text
+    assert put.json()["error"]["code"] == "unavailable" and "Redis" in put.json()["error"]["message"]
+    assert get(deployment, "/v1/rules/while-redis-is-down").status_code == 404
     similar = get(deployment, "/v1/items/85123A/similar", n=3)
     assert similar.status_code == 200 and len(similar.json()["items"]) == 3
     assert "finegrain_degraded_responses_total" in get(deployment, "/metrics").text

@@ -20,7 +20,9 @@ import httpx
 import pandas as pd
 import pytest
 import redis
+from pydantic import SecretStr
 
+from finegrain.apikeys import bearer_headers
 from finegrain.codecs import decode, encode
 from finegrain.data.ingest import ARCHIVE, ingest
 from finegrain.data.replay import Replayer, replay_events, summarise
@@ -30,11 +32,13 @@ from finegrain.schemas import BehaviorEvent, DeadLetter, EventType, RealtimeProf
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics, kafka_producer
 from finegrain.storage.contract import KafkaTopics, RedisKeys
-from serving.api.errors import install_error_handlers
 from serving.api.events import EventsResource
+from serving.app import FinegrainApp, api_app
+from serving.config import ServingConfig
 from serving.events.ingest import EventIngest
 from spark_jobs.stream.process import SidecarProcess
 from spark_jobs.stream.sidecar import SidecarConfig
+from tests.integration.api_keys import api_key, bearer
 from tests.integration.kafka_reader import TopicReader
 
 pytestmark = pytest.mark.integration
@@ -72,12 +76,21 @@ def sidecar(stream_settings: Settings) -> Iterator[SidecarProcess]:
 
 
 @pytest.fixture(scope="module")
-def api(stream_settings: Settings) -> Iterator[falcon.testing.TestClient]:
-    ingest = EventIngest.from_settings(stream_settings, delivery_timeout_s=5.0)
-    app = falcon.App()
-    install_error_handlers(app)
+def events_key(stream_settings: Settings) -> str:
+    return api_key(stream_settings, "events", name="sidecar-tests")
+
+
+def events_app(settings: Settings, ingest: EventIngest) -> FinegrainApp:
+    """The events resource behind the API's own middleware (auth on)."""
+    app = api_app(settings, ServingConfig())
     app.add_route("/v1/events", EventsResource(ingest))
-    yield falcon.testing.TestClient(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def api(stream_settings: Settings, events_key: str) -> Iterator[falcon.testing.TestClient]:
+    ingest = EventIngest.from_settings(stream_settings, delivery_timeout_s=5.0)
+    yield falcon.testing.TestClient(events_app(stream_settings, ingest), headers=bearer(events_key))
     ingest.close()
 
 
@@ -90,10 +103,7 @@ class _QuietHandler(WSGIRequestHandler):
 def http_api(stream_settings: Settings) -> Iterator[str]:
     """The events resource behind a real HTTP server on loopback (what `finegrain replay` posts to)."""
     ingest = EventIngest.from_settings(stream_settings, delivery_timeout_s=5.0)
-    app = falcon.App()
-    install_error_handlers(app)
-    app.add_route("/v1/events", EventsResource(ingest))
-    server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    server = make_server("127.0.0.1", 0, events_app(stream_settings, ingest), handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -204,11 +214,13 @@ def test_a_killed_sidecar_loses_nothing_and_counts_nothing_twice(
 
 
 def test_a_replayed_day_reaches_the_archive_and_the_profiles(
-        sidecar: SidecarProcess, stream_settings: Settings, http_api: str, retail_data: Path,
+        sidecar: SidecarProcess, stream_settings: Settings, http_api: str, retail_data: Path, events_key: str,
         client: redis.Redis, tmp_path: Path) -> None:
     day = date(2010, 12, 1)
     planned = replay_events(read_events(retail_data), day, date(2010, 12, 2))
-    replayer = Replayer(http_api, speed=0)
+    # The key as `finegrain replay` sends it: FINEGRAIN_API_KEY as a Bearer token.
+    client_settings = stream_settings.model_copy(update={"api_key": SecretStr(events_key)})
+    replayer = Replayer(http_api, speed=0, headers=bearer_headers(client_settings))
     summary = replayer.post(planned, summarise(planned, day, date(2010, 12, 2)))
     replayer.close()
     assert summary.posted == len(planned) and summary.purchases > 1000 and summary.synthetic > 0

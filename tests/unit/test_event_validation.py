@@ -13,7 +13,8 @@ import pytest
 
 from finegrain.events.schema import MAX_BODY_BYTES, MAX_EVENTS
 from finegrain.schemas import BehaviorEvent, EventBatch, EventContext, EventType
-from serving.api.events import media_type, read_bounded
+from serving.api.body import read_bounded
+from serving.api.events import media_type
 from serving.events.parsing import (
     MAX_DEAD_LETTER_PAYLOAD,
     SOURCE,

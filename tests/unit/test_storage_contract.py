@@ -72,6 +72,8 @@ def test_key_names() -> None:
     assert ZkPaths("/finegrain/").dataset(Dataset.INDEX) == "/finegrain/datasets/index"
     assert ZkPaths().worker("host-1-42") == "/finegrain/workers/host-1-42"
     assert ZkPaths().rules() == "/finegrain/rules"
+    assert ZkPaths().keys() == "/finegrain/keys"
+    assert MongoCollections.API_KEYS == "api_keys"
     assert KafkaTopics("finegrain").events == "finegrain.events"
     assert KafkaTopics("finegrain").events_dead_letter == "finegrain.events.dlq"
 
@@ -100,10 +102,12 @@ def test_docs_name_every_key_collection_path_and_topic(project_root: Path) -> No
         MongoCollections.RULES,
         MongoCollections.MODELS,
         MongoCollections.ARTIFACTS,
+        MongoCollections.API_KEYS,
         "{dataset}__{version}",
         "/finegrain/models/{name}",
         "/finegrain/datasets/{dataset}",
         "/finegrain/rules",
+        "/finegrain/keys",
         "/finegrain/workers/{host}-{pid}",
         "finegrain.events",
         "finegrain.events.dlq",
