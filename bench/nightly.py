@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 
+from finegrain.apikeys import KeyStore, Scope
 from finegrain.console import console, print_json_line, summary_table
 from finegrain.data.retail import clean_online_retail, dataset_counts
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
@@ -114,6 +116,9 @@ def main(
     folder = Path(tempfile.mkdtemp(prefix="finegrain-bench-nightly-"))
     settings = bench_settings(folder)
     empty_namespace(settings)
+    with KeyStore(settings) as keys:  # the smoke test asks the API as a client does, with a key
+        _, token, _ = keys.create("bench-nightly-smoke", [str(Scope.RECOMMEND)])
+    settings = settings.model_copy(update={"api_key": SecretStr(token)})
     with console.status("setting up Airflow (db migrate) ..."):
         env = airflow_env(settings, folder)
     api = ApiServer(settings)

@@ -8,8 +8,9 @@ real request is answered with it. `finegrain api smoke` runs it; it is the night
 2. Workers swap in the background, so wait (up to `timeout_s`) until every worker registered in
    ZooKeeper (`finegrain api status`) reports exactly those versions and none refused them, and the
    API's `/readyz` answers ready.
-3. Ask `GET /v1/recommendations` for a known user in one scene per ranker: the answer must be ranked
-   (not the cold start), not degraded, by that scene's ranker, and name the published versions.
+3. Ask `GET /v1/recommendations` for a known user in one scene per ranker, with the key of
+   FINEGRAIN_API_KEY (scope `recommend`) as any client would: the answer must be ranked (not the cold
+   start), not degraded, by that scene's ranker, and name the published versions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from finegrain.apikeys import bearer_headers
 from finegrain.errors import FinegrainError
 from finegrain.settings import Settings
 from finegrain.storage.clients import redis_client
@@ -84,7 +86,7 @@ def smoke_test(settings: Settings, user: str, *, expect: Mapping[str, str] | Non
     report.waited_s = time.monotonic() - started
     say(f"{report.workers} workers serve them ({report.waited_s:.1f} s); asking for recommendations")
     scenes = {scene.ranker: name for name, scene in config.scenes.items() if scene.ranker != "none"}
-    with httpx.Client(base_url=url, timeout=10.0) as client:
+    with httpx.Client(base_url=url, timeout=10.0, headers=bearer_headers(settings)) as client:
         for ranker, scene in sorted(scenes.items()):
             report.answers.append(_ask(client, user, scene, RANKER_MODELS[ranker], models, datasets))
     return report
@@ -135,6 +137,10 @@ def _ask(client: httpx.Client, user: str, scene: str, ranker: str, models: Mappi
         response = client.get("/v1/recommendations", params={"user_id": user, "scene": scene, "n": 10})
     except httpx.HTTPError as exc:
         raise SmokeTestError(f"GET /v1/recommendations failed: {exc}") from None
+    if response.status_code in (401, 403):
+        raise SmokeTestError(f"GET /v1/recommendations answered {response.status_code}: FINEGRAIN_API_KEY "
+                             "must be a key with the recommend scope (`finegrain keys create`): "
+                             f"{response.text[:200]}")
     if response.status_code != 200:
         raise SmokeTestError(f"GET /v1/recommendations?user_id={user}&scene={scene} answered "
                              f"{response.status_code}: {response.text[:300]}")

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import api as api_cli
+from finegrain.apikeys import Scope
 from finegrain.data.ingest import read_watermark
 from finegrain.data.replay import replay_events
 from finegrain.data.retail import read_events, read_events_table
@@ -35,6 +36,7 @@ from models.publishing import ModelPublisher
 from models.registry import ModelRegistry
 from serving.process import ApiServer
 from tests.integration.airflow_env import DAGS, migrated_airflow_env
+from tests.integration.api_keys import api_key, bearer
 from tests.integration.conftest import drop_namespace
 
 pytestmark = pytest.mark.integration
@@ -87,11 +89,19 @@ def nightly_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def airflow_env(nightly_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def recommend_key(nightly_settings: Settings) -> str:
+    """What the smoke test asks the API with, as any client: a key of the `recommend` scope."""
+    return api_key(nightly_settings, Scope.RECOMMEND, name="nightly-smoke-test")
+
+
+@pytest.fixture(scope="module")
+def airflow_env(nightly_settings: Settings, recommend_key: str, tmp_path_factory: pytest.TempPathFactory
+                ) -> dict[str, str]:
     home = tmp_path_factory.mktemp("airflow")
     env = migrated_airflow_env(nightly_settings, home, nightly_settings.var_dir)
     env.update({"FINEGRAIN_EVENT_ARCHIVE": str(nightly_settings.event_archive_dir),
-                "FINEGRAIN_API_BIND": API_BIND, "FINEGRAIN_API_WORKERS": "1"})
+                "FINEGRAIN_API_BIND": API_BIND, "FINEGRAIN_API_WORKERS": "1",
+                "FINEGRAIN_API_KEY": recommend_key})
     return env
 
 
@@ -207,7 +217,7 @@ def test_the_nightly_dag_ingests_builds_trains_publishes_and_the_api_serves_it(
     assert ready["ready"] and ready["models"] == published, ready
     user = str(read_events(data_dir)["user_id"].value_counts().index[0])
     answer = httpx.get(f"{api.url}/v1/recommendations", params={"user_id": user, "scene": "deep"},
-                       timeout=10).json()
+                       headers=bearer(airflow_env["FINEGRAIN_API_KEY"]), timeout=10).json()
     assert answer["ranker"] == "ranker_tf" and answer["versions"]["ranker_tf"] == published["ranker_tf"]
 
     # The smoke test refuses what is not published, in one line.
