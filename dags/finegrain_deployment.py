@@ -138,17 +138,23 @@ def spark_submit(task_id: str, application: str, arguments: list[str], **kwargs:
 
 
 # --------------------------------------------------------------------------------------------------
-# Training params, shared by the nightly and the retrain DAG. null (the default): the setting the
-# training code defines; quick values make a test run short.
+# Params both DAGs take. A param that may stay empty is nullable: the trigger form sends an empty
+# field as null, and a plain string type would make it required there. null (the default) means the
+# logical date, the configured path or the training code's own setting; quick values make a test run
+# short.
 
-OBJECTIVES = ["", "binary:logistic", "rank:ndcg", "rank:pairwise"]
+OBJECTIVES = [None, "binary:logistic", "rank:ndcg", "rank:pairwise"]
 AS_OF_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
 
 
 def as_of_param() -> Param:
-    return Param("", type="string", pattern=AS_OF_PATTERN,
+    return Param(None, type=["null", "string"], pattern=AS_OF_PATTERN,
                  description="As-of date YYYY-MM-DD: the run reads the data before it; empty: the run's "
                  "logical date.")
+
+
+def optional_text(description: str) -> Param:
+    return Param(None, type=["null", "string"], description=description)
 
 
 def _count(description: str) -> Param:
@@ -159,8 +165,8 @@ def training_params() -> dict[str, Param]:
     return {
         "max_users": _count("Rankers: users drawn per training cut-off (a quick run);"),
         "xgboost_rounds": _count("XGBoost ranker: boosting rounds;"),
-        "xgboost_objective": Param("", type="string", enum=OBJECTIVES, description="XGBoost ranker: the "
-                                   "objective; empty: chosen on the validation cut-off."),
+        "xgboost_objective": Param(None, type=["null", "string"], enum=OBJECTIVES, description="XGBoost "
+                                   "ranker: the objective; empty: chosen on the validation cut-off."),
         "tf_epochs": _count("TensorFlow ranker: at most this many epochs;"),
         "als_factors": _count("Embeddings: ALS factors;"),
         "als_iterations": _count("Embeddings: ALS iterations;"),

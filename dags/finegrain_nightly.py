@@ -47,6 +47,7 @@ from finegrain_deployment import (
     as_of_param,
     embedding_arguments,
     max_users_argument,
+    optional_text,
     ranker_arguments,
     run_finegrain,
     spark_submit,
@@ -142,10 +143,10 @@ with DAG(
     params={
         "as_of": as_of_param(),
         "file_drop": Param(True, type="boolean", description="Read the raw file drop (source_csv)."),
-        "source_csv": Param("", type="string", description="Raw CSV (gzip) of the file drop; empty: "
-                            "FINEGRAIN_SOURCE_CSV of the workers."),
-        "archive": Param("", type="string", description="The streaming sidecar's event archive; empty: "
-                         "FINEGRAIN_EVENT_ARCHIVE of the workers."),
+        "source_csv": optional_text("Raw CSV (gzip) of the file drop; empty: FINEGRAIN_SOURCE_CSV of the "
+                                    "workers."),
+        "archive": optional_text("The streaming sidecar's event archive; empty: FINEGRAIN_EVENT_ARCHIVE of "
+                                 "the workers."),
         **training_params(),
         "tolerance": Param(0.01, type="number", minimum=0, description="How much worse than the published "
                            "version (absolute, on its gate metric) a model may be and still be published."),

@@ -40,6 +40,7 @@ from finegrain_deployment import (
     as_of_param,
     embedding_arguments,
     max_users_argument,
+    optional_text,
     ranker_arguments,
     run_finegrain,
     spark_submit,
@@ -95,7 +96,7 @@ with DAG(
         "as_of": as_of_param(),
         "publish": Param(True, type="boolean", description="Publish the version if it passes its gate "
                          "(false: register it only; `finegrain models publish` later)."),
-        "events": Param("", type="string", description="Canonical events Parquet; empty: the ingested data."),
+        "events": optional_text("Canonical events Parquet; empty: the ingested data."),
         **training_params(),
     },
     tags=["finegrain", "models"],

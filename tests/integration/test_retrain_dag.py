@@ -92,9 +92,8 @@ def test_dag_imports_quickly_and_only_airflow(inspected: dict[str, Any]) -> None
 def test_task_graph_and_params(inspected: dict[str, Any]) -> None:
     assert inspected["schedule"] == "None"
     params = inspected["params"]
-    assert params["model"] == "ranker_xgboost" and params["as_of"] == "" and params["publish"] is True
-    assert {name: params[name] for name in QUICK} == {name: ("" if name == "xgboost_objective" else None)
-                                                      for name in QUICK}
+    assert params["model"] == "ranker_xgboost" and params["as_of"] is None and params["publish"] is True
+    assert params["events"] is None and {name: params[name] for name in QUICK} == dict.fromkeys(QUICK)
     assert inspected["downstream"] == {
         "choose_model": ["build_training_set", "train_embeddings"],
         "build_training_set": ["train_ranker"],
