@@ -1,4 +1,4 @@
-"""`finegrain api start | stop | status`: the recommendation API under gunicorn."""
+"""`finegrain api start | stop | status | smoke | recommend`: the recommendation API under gunicorn."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.options import JsonOption
+from cli.options import EventsOption, JsonOption, name_versions
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.errors import FinegrainError
 from finegrain.settings import Settings, get_settings
 
 app = typer.Typer(help="Start, stop and inspect the recommendation API (gunicorn + Falcon).")
-
 
 
 def _pid_file(settings: Settings) -> Path:
@@ -98,6 +97,54 @@ def status(json: JsonOption = False) -> None:
         print_json_line({"workers": states})
     if not states:
         raise typer.Exit(1)
+
+
+@app.command()
+def smoke(
+    expect: Annotated[list[str] | None, typer.Option(
+        "--expect", help="NAME=VERSION just published: ZooKeeper must hold it and the API serve it "
+        "(repeat for several).", show_default=False)] = None,
+    user: Annotated[str | None, typer.Option(
+        "--user", help="User to ask recommendations for. Default: the one with the most purchase lines in "
+        "the events.", show_default=False)] = None,
+    events: EventsOption = None,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=1.0, help="Seconds to wait for every worker to swap in what is published.")] = 120.0,
+    json: JsonOption = False,
+) -> None:
+    """Check the running API serves what is published: every worker on the published model and dataset
+    versions, and a ranked, non-degraded answer with them for a known user in each ranker's scene."""
+    from serving.smoke import smoke_test
+
+    settings = get_settings()
+    expected = name_versions(expect or [], "--expect")
+    try:
+        who = user or _busiest_user(events or settings.events_path)
+        report = smoke_test(settings, who, expect=expected, timeout_s=timeout,
+                            say=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
+    except FinegrainError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # a store that is down: one line, not a traceback
+        raise fail(f"{type(exc).__name__}: {exc} (is the local stack up? `finegrain stack status`)") from None
+    rows: list[tuple[str, Any]] = [(f"model {name}", version)
+                                   for name, version in sorted(report.models.items())]
+    rows += [(f"dataset {name}", version) for name, version in sorted(report.datasets.items())]
+    rows += [(f"scene {a['scene']}", f"ranked by {a['ranker']}: {a['items']} items of {a['candidates']} "
+              f"candidates, top {', '.join(a['top'])}") for a in report.answers]
+    rows += [("workers", report.workers), ("user", report.user), ("waited s", round(report.waited_s, 1))]
+    console.print(summary_table(f"Smoke test of {report.url}: passed", rows, ["check", "served"]))
+    if json:
+        print_json_line(report.as_dict())
+
+
+def _busiest_user(events: Path) -> str:
+    """The user with the most purchase lines: surely in the features dataset of any recent as-of date."""
+    from finegrain.data.retail import read_events_table
+
+    users = read_events_table(events).column("user_id").to_pandas()
+    if users.empty:
+        raise FinegrainError(f"no events in {events}: pass --user")
+    return str(users.value_counts().index[0])
 
 
 def _descriptions(settings: Settings) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""`finegrain data load | synth | publish-catalog`: build the Parquet data sets every later job reads."""
+"""`finegrain data load | ingest | watermark | synth | publish-catalog`: build the Parquet data sets every
+later job reads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import typer
 from pymongo.errors import PyMongoError
 
 from cli.options import JsonOption
-from finegrain.console import console, fail, print_json_line, summary_table
+from finegrain.console import console, fail, print_json_line, step, summary_table
+from finegrain.data.ingest import IngestReport, ingest, read_watermark, watermark_path
 from finegrain.data.retail import (
     LoadReport,
     load_online_retail,
@@ -21,6 +23,7 @@ from finegrain.data.retail import (
     read_events_table,
 )
 from finegrain.data.synthetic import SyntheticReport, generate_synthetic
+from finegrain.dates import parse_as_of
 from finegrain.errors import DataError
 from finegrain.settings import get_settings
 from finegrain.storage.catalog import publish_catalog
@@ -67,6 +70,84 @@ def load(
     )
     if json:
         print_json_line(report.as_dict())
+
+
+@app.command("ingest")
+def ingest_command(
+    as_of: Annotated[str, typer.Option(
+        "--as-of", help="Take the events before this date (YYYY-MM-DD, midnight UTC); later ones wait for "
+        "a later run.", show_default=False)],
+    source: Annotated[list[Path] | None, typer.Option(
+        "--source", help="A file drop to read: a raw CSV (gzip) in the Online Retail II format; repeat for "
+        "several. Default: FINEGRAIN_SOURCE_CSV.", show_default=False)] = None,
+    no_source: Annotated[bool, typer.Option(
+        "--no-source", help="Read no file drop (the event archive only).")] = False,
+    archive: Annotated[Path | None, typer.Option(
+        "--archive", help="The streaming sidecar's event archive. Default: FINEGRAIN_EVENT_ARCHIVE.",
+        show_default=False)] = None,
+    no_archive: Annotated[bool, typer.Option("--no-archive", help="Read no event archive.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder of the canonical events to merge into (events.parquet, catalog.parquet, "
+        "report.json, watermark.json). Default: <FINEGRAIN_VAR_DIR>/data/retail.", show_default=False)
+    ] = None,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Ignore the watermark: read every source again (duplicates are still dropped, so the "
+        "events come out the same); after restoring an archive, for instance.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Merge what arrived since the last run (file drops, the event archive) into the canonical events,
+    dropping duplicate event ids; re-running a date adds nothing. Prints rows per source."""
+    settings = get_settings()
+    if source and no_source:
+        raise fail("--source and --no-source contradict each other: give one")
+    if archive is not None and no_archive:
+        raise fail("--archive and --no-archive contradict each other: give one")
+    out_dir = out if out is not None else settings.retail_dir
+    try:
+        day = parse_as_of(as_of)
+    except DataError as exc:
+        raise fail(str(exc)) from None
+    sources = [] if no_source else list(source or [settings.source_csv])
+    archive_dir = None if no_archive else (archive if archive is not None else settings.event_archive_dir)
+    with _failing_cleanly(out_dir):
+        report = ingest(day, out_dir, sources=sources, archive=archive_dir, full=full, say=step)
+    console.print(summary_table(f"Ingest as of {day}", _ingest_rows(report), _INGEST_COLUMNS))
+    console.print(summary_table("Canonical events", [
+        ("events before", report.events_before), ("events after", report.events_after),
+        ("written", "yes" if report.written else "no (nothing new)"),
+        ("sources read again", report.reread or "no (the watermark was trusted)"),
+        ("folder", str(report.out_dir)), ("watermark", str(report.watermark)),
+        ("seconds", round(report.seconds, 1))], ["figure", "value"]))
+    if json:
+        print_json_line(report.as_dict())
+
+
+@app.command()
+def watermark(
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder of the canonical events. Default: <FINEGRAIN_VAR_DIR>/data/retail.",
+        show_default=False)] = None,
+    json: JsonOption = False,
+) -> None:
+    """What the nightly ingest has merged into the canonical events: the latest as-of date, and per
+    source what was taken."""
+    out_dir = out if out is not None else get_settings().retail_dir
+    with _failing_cleanly(out_dir):
+        mark = read_watermark(out_dir)
+    if mark is None:
+        raise fail(f"no watermark at {watermark_path(out_dir)}: nothing was ingested into {out_dir} yet "
+                   "(`finegrain data ingest --as-of D`)")
+    rows: list[tuple[str, str, str]] = [
+        ("events", str(out_dir), f"{mark.events.get('rows', 0):,} rows as of {mark.as_of}, updated "
+                                 f"{mark.updated_at}")]
+    rows += [("file drop", path, f"taken before {entry['before']} ({entry['bytes']:,} bytes)")
+             for path, entry in sorted(mark.files.items())]
+    for path, days in sorted(mark.archive.items()):
+        last = f", last {max(days)} (batch {days[max(days)]})" if days else ""
+        rows.append(("archive", path, f"{len(days)} event dates taken{last}"))
+    console.print(summary_table(f"Watermark {watermark_path(out_dir)}", rows, ["source", "path", "taken"]))
+    if json:
+        print_json_line(mark.as_dict())
 
 
 @app.command()
@@ -178,6 +259,13 @@ def _failing_cleanly(out_dir: Path) -> Iterator[None]:
 
 
 _REJECTED_COLUMNS = ["reason", "rows", "share of rows read"]
+_INGEST_COLUMNS = ["source", "kind", "files", "rows in", "rejected", "later", "other types",
+                   "duplicates dropped", "rows out", "note"]
+
+
+def _ingest_rows(report: IngestReport) -> list[tuple[Any, ...]]:
+    return [(c.source, c.kind, c.files, c.rows_in, c.rejected, c.later, c.other_types, c.duplicates, c.added,
+             c.note or "-") for c in report.sources]
 
 
 def _load_rows(report: LoadReport) -> list[tuple[str, Any]]:

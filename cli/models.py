@@ -16,14 +16,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.options import AsOfModelOption, EventsOption, JsonOption, TestDaysOption
+from cli.options import AsOfModelOption, EventsOption, JsonOption, TestDaysOption, name_versions
 from finegrain.console import console, fail, print_json_line, summary_table
 from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError
 from finegrain.evaluation.protocol import TEST_DAYS
 from finegrain.settings import get_settings
 from finegrain.storage.workers import rollout, worker_states
-from models.publishing import DEFAULT_TOLERANCE, ModelPublisher, ModelStatus, PublishResult
+from models.publishing import (
+    DEFAULT_TOLERANCE,
+    GATE_HELD,
+    GATE_PASSED,
+    GATE_REFUSED,
+    GateCheck,
+    ModelPublisher,
+    ModelStatus,
+    PublishResult,
+)
 from models.registry import ModelEntry, ModelRegistry
 
 if TYPE_CHECKING:  # the training modules import pandas, XGBoost and TensorFlow: only when a run needs them
@@ -144,6 +153,45 @@ def publish(
 ) -> None:
     """Publish a version to serving (its manifest into ZooKeeper) if it passes its quality gate."""
     _run(lambda p: p.publish(name, version, force=force, tolerance=tolerance), as_json)
+
+
+@app.command()
+def gate(
+    candidates: Annotated[list[str], typer.Argument(
+        help="NAME=VERSION of each candidate, registered and not published (e.g. by `train-ranker "
+        "--no-publish`).", show_default=False)],
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="How much worse than the "
+                                             "published version (absolute, on the gate metric) is allowed."
+                                             )] = DEFAULT_TOLERANCE,
+    as_json: JsonOption = False,
+) -> None:
+    """Decide, without publishing, whether each candidate may replace what serves now: passed (publish
+    it), held (its model is pinned) or refused (worse than the published version, or not comparable).
+    Exit 1 if one is refused. `publish` then publishes the ones that passed."""
+    pairs = name_versions(candidates, "candidate")
+    with _publisher() as publisher:
+        checks = [publisher.check(name, version, tolerance=tolerance) for name, version in pairs.items()]
+    console.print(summary_table("Quality gate (nothing published)", [_check_row(c) for c in checks],
+                                ["model", "candidate", "published", "metric", "candidate value",
+                                 "published value", "verdict", "reason"]))
+    if as_json:
+        print_json_line({"checks": [check.as_dict() for check in checks],
+                         **{verdict: {c.name: c.version for c in checks if c.verdict == verdict}
+                            for verdict in (GATE_PASSED, GATE_HELD, GATE_REFUSED)}})
+    if any(check.verdict == GATE_REFUSED for check in checks):
+        raise typer.Exit(REFUSED)
+
+
+def _check_row(check: GateCheck) -> tuple[Any, ...]:
+    decision = check.gate
+
+    def value(number: float | None) -> str:
+        return "-" if number is None else f"{number:.4f}"
+
+    style = {GATE_PASSED: "green", GATE_HELD: "yellow"}.get(check.verdict, "red")
+    return (check.name, check.version, check.published or "-", decision.metric if decision else "-",
+            value(decision.candidate if decision else None), value(decision.current if decision else None),
+            f"[{style}]{check.verdict}[/]", check.reason)
 
 
 @app.command()

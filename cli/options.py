@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from finegrain.console import fail
 
 JsonOption = Annotated[bool, typer.Option(
     "--json", help="Also print the result as one JSON object on the last line (for scripts).")]
@@ -18,3 +21,16 @@ AsOfModelOption = Annotated[str, typer.Option(
     "after the data's last event.", show_default=False)]
 TestDaysOption = Annotated[int, typer.Option(
     "--test-days", min=1, help="Length of the README protocol's test window, in days.")]
+
+
+def name_versions(texts: Iterable[str], what: str) -> dict[str, str]:
+    """Model versions given as NAME=VERSION (`models gate`, `api smoke --expect`), one per model."""
+    found: dict[str, str] = {}
+    for text in texts:
+        name, sep, version = text.partition("=")
+        if not sep or not name or not version:
+            raise fail(f"bad {what} {text!r}: expected NAME=VERSION, e.g. ranker_xgboost=20261201T101500.123")
+        if name in found:
+            raise fail(f"two {what}s for {name}: give one version per model")
+        found[name] = version
+    return found

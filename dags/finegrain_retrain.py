@@ -1,23 +1,22 @@
-"""Manual retraining of one model: train it, register it, publish it if it passes its quality gate.
+"""Manual retraining of one model: train it as of a date, register it, publish it if it passes its
+quality gate (or only register it, `publish` false).
 
-Triggered by hand (no schedule) with the params `model` and `as_of`:
+Triggered by hand (no schedule) with the params `model`, `as_of`, `publish`, `events` and the
+hyper-parameters of `finegrain_deployment.training_params` (null: the training code's defaults):
 - `ranker_xgboost` / `ranker_tf`: `build_training_set` submits `spark_jobs/training_set.py` (the ranker
-  training set for the cut-offs before `as_of`) to Spark, then `train_ranker` runs
-  `finegrain models train-ranker --kind xgboost|tf --training-set <that set>`;
+  training set as of `as_of`) to Spark, then `train_ranker` runs `finegrain models train-ranker --kind
+  xgboost|tf --as-of <as_of> --training-set <that set>`;
 - `embeddings_als`: `train_embeddings` runs `finegrain models train-embeddings --as-of <as_of>` (ALS
   reads the purchase history itself; it needs no training set, so the Spark build is skipped).
 `choose_model` picks the branch; the other branch's tasks end up skipped.
 
-The training set travels by path, not XCom: its folder is a function of the run
-(`{var_dir}/training_sets/retrain/{as_of}-{run_id}`), rendered identically in both tasks, so a retry of
-`train_ranker` reads the set its run built. A gate refusal exits 1 and fails the training task: the
-version stays registered (and listed by `finegrain models list`) but is not published; training tasks
-are not retried, since a rerun would only register another version.
+The training set travels by path, not XCom (`finegrain_deployment.training_set_path`), so a retry of
+`train_ranker` reads the set its run built. A gate refusal exits 1 and fails the training task without
+retry: the version stays registered (and listed by `finegrain models list`) but is not published;
+training tasks are not retried, since a rerun would only register another version.
 
-Orchestration only: no project module is imported here. The deployment settings (FINEGRAIN_HOME,
-FINEGRAIN_PYTHON, FINEGRAIN_SPARK_SUBMIT, FINEGRAIN_VAR_DIR for the training sets, the
-`finegrain_spark` connection) and the task builders are in `finegrain_deployment.py`, shared with the
-nightly DAG. Params reach the commands as environment variables, never pasted into a shell line.
+Orchestration only: no project module is imported here; commands are argument lists (no shell), and
+the deployment settings and task helpers are in `finegrain_deployment.py`, shared with the nightly DAG.
 """
 
 from __future__ import annotations
@@ -28,21 +27,30 @@ from typing import Any
 
 import pendulum
 from airflow.providers.standard.operators.python import BranchPythonOperator
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, get_current_context, task
 
 # Airflow puts the DAG folder on sys.path; a DAG file loaded by path (tests, tools) needs it too.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 
-from finegrain_deployment import EVENTS, VAR_DIR, finegrain_command, spark_submit
+from finegrain_deployment import (
+    AS_OF,
+    EVENTS,
+    RETRY_SPARK,
+    as_of_param,
+    embedding_arguments,
+    max_users_argument,
+    optional_text,
+    ranker_arguments,
+    run_finegrain,
+    spark_submit,
+    training_params,
+    training_set_path,
+)
 
 RANKERS = {"ranker_xgboost": "xgboost", "ranker_tf": "tf"}
 MODELS = (*RANKERS, "embeddings_als")
-# Empty `as_of`: the run's logical date. Training reads the data before it.
-AS_OF = "{{ params.as_of or ds }}"
-# Run ids hold ':' and '+' (manual__2026-11-27T10:00:00+00:00): fine in a path, awkward in a shell.
-TRAINING_SET = (VAR_DIR + "/training_sets/retrain/{{ params.as_of or ds }}-"
-                "{{ run_id | replace(':', '') | replace('+', '_') }}")
+TRAINING_SET = training_set_path("retrain")
 
 
 def choose_model(params: dict[str, Any]) -> str:
@@ -55,6 +63,26 @@ def choose_model(params: dict[str, Any]) -> str:
     raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
 
 
+def _publish_argument(params: dict[str, Any]) -> str:
+    return "--publish" if params["publish"] else "--no-publish"
+
+
+@task(task_id="train_ranker", retries=0)
+def train_ranker(as_of: str, training_set: str, events: str) -> dict[str, Any]:
+    params = dict(get_current_context()["params"])
+    kind = RANKERS[params["model"]]
+    return run_finegrain(["models", "train-ranker", "--kind", kind, "--as-of", as_of, "--training-set",
+                          training_set, "--events", events, *ranker_arguments(kind, params),
+                          _publish_argument(params), "--json"])
+
+
+@task(task_id="train_embeddings", retries=0)
+def train_embeddings(as_of: str, events: str) -> dict[str, Any]:
+    params = dict(get_current_context()["params"])
+    return run_finegrain(["models", "train-embeddings", "--as-of", as_of, "--events", events,
+                          *embedding_arguments(params), _publish_argument(params), "--json"])
+
+
 with DAG(
     dag_id="finegrain_retrain",
     description="Retrain one model (ranker or embeddings), register it, publish it behind its gate.",
@@ -62,13 +90,14 @@ with DAG(
     start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),  # any past date: runs are triggered by hand
     catchup=False,
     max_active_runs=1,  # two publications of one model at once would race for its znode
+    default_args={"execution_timeout": pendulum.duration(minutes=90)},
     params={
         "model": Param("ranker_xgboost", type="string", enum=list(MODELS), description="Model to retrain."),
-        "as_of": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-                       description="As-of date YYYY-MM-DD: training data ends before it; empty: the "
-                       "run's logical date."),
-        "events": Param("", type="string",
-                        description="Canonical events Parquet; empty: the loaded data."),
+        "as_of": as_of_param(),
+        "publish": Param(True, type="boolean", description="Publish the version if it passes its gate "
+                         "(false: register it only; `finegrain models publish` later)."),
+        "events": optional_text("Canonical events Parquet; empty: the ingested data."),
+        **training_params(),
     },
     tags=["finegrain", "models"],
 ) as dag:
@@ -76,24 +105,9 @@ with DAG(
     build = spark_submit(
         "build_training_set",
         "spark_jobs/training_set.py",
-        ["--as-of", AS_OF, "--events", EVENTS, "--out", TRAINING_SET],
+        ["--as-of", AS_OF, "--events", EVENTS, "--out", TRAINING_SET, *max_users_argument()],
         name="finegrain-training-set",
-        retries=1,  # idempotent: the set is written to a staging folder and renamed into place
-        retry_delay=pendulum.duration(minutes=2),
+        **RETRY_SPARK,  # idempotent: the set is written to a staging folder and renamed into place
     )
-    train_ranker = finegrain_command(
-        "train_ranker",
-        'models train-ranker --kind "$RUN_KIND" --training-set "$RUN_TRAINING_SET" --events "$RUN_EVENTS" '
-        "--json",
-        env={"RUN_KIND": "{{ 'tf' if params.model == 'ranker_tf' else 'xgboost' }}",
-             "RUN_TRAINING_SET": TRAINING_SET, "RUN_EVENTS": EVENTS},
-        retries=0,
-    )
-    train_embeddings = finegrain_command(
-        "train_embeddings",
-        'models train-embeddings --events "$RUN_EVENTS" --as-of "$RUN_AS_OF" --json',
-        env={"RUN_EVENTS": EVENTS, "RUN_AS_OF": AS_OF},
-        retries=0,
-    )
-    choose >> [build, train_embeddings]
-    build >> train_ranker
+    choose >> [build, train_embeddings(as_of=AS_OF, events=EVENTS)]
+    build >> train_ranker(as_of=AS_OF, training_set=TRAINING_SET, events=EVENTS)

@@ -142,6 +142,27 @@ class PublishResult:
                 "gate": None if self.gate is None else self.gate.as_dict()}
 
 
+# What `ModelPublisher.check` found: publish it, leave it (pinned), or refuse it (worse, not comparable).
+GATE_PASSED, GATE_HELD, GATE_REFUSED = "passed", "held", "refused"
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """The publication decision for one candidate, made without publishing it (`ModelPublisher.check`):
+    what the nightly pipeline's gate task records before its publish task acts on the ones that passed."""
+
+    name: str
+    version: str
+    verdict: str  # GATE_PASSED (publish it), GATE_HELD (the model is pinned), GATE_REFUSED (turned down)
+    reason: str
+    published: str | None  # the version serving now
+    gate: GateDecision | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "verdict": self.verdict, "reason": self.reason,
+                "published": self.published, "gate": None if self.gate is None else self.gate.as_dict()}
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     name: str
@@ -208,6 +229,27 @@ class ModelPublisher:
     def pinned(self, name: str) -> str | None:
         pins = [entry.version for entry in self.registry.list(name) if entry.pinned]
         return pins[-1] if pins else None
+
+    def check(self, name: str, version: str, *, tolerance: float = DEFAULT_TOLERANCE) -> GateCheck:
+        """What `publish` would decide for `version`, with nothing written to ZooKeeper: the same pin,
+        checksum and gate checks. The decision is recorded in the version's registry entry (`gate`).
+        Raises RegistryError for an unknown version, CorruptArtifactError for a bad checksum."""
+        entry = self.registry.get(name, version)
+        current, _ = self.published(name)
+        previous = None if current is None else current.version
+        if previous == version:
+            return GateCheck(name, version, GATE_PASSED, f"{name} {version} is already published", previous)
+        pinned = self.pinned(name)
+        if pinned is not None:
+            reason = (f"{name} is pinned to version {pinned}: {version} is not published until it is "
+                      f"unpinned (`finegrain models unpin {name}`)")
+            self.registry.set_flags(name, version, gate=reason)
+            return GateCheck(name, version, GATE_HELD, reason, previous)
+        self.registry.fetch_artifact(entry.manifest)
+        decision = evaluate_gate(entry.manifest, current, tolerance)
+        verdict = GATE_PASSED if decision.passed else GATE_REFUSED
+        self.registry.set_flags(name, version, gate=f"{verdict} by the gate: {decision.reason}")
+        return GateCheck(name, version, verdict, decision.reason, previous, decision)
 
     def publish(self, name: str, version: str, *, force: bool = False,
                 tolerance: float = DEFAULT_TOLERANCE) -> PublishResult:

@@ -308,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "before --as-of, and those of its backtest when the data ends before a test window after it).",
             show_default=False)] = None,
         max_users: Annotated[int | None, typer.Option("--max-users", help="Users drawn per cut-off (quick "
-                                                      "runs).", show_default=False)] = None,
+                                                      "runs); 0: every user, as without the option (a DAG "
+                                                      "passes its param as is).", show_default=False)] = None,
         label_days: Annotated[int, typer.Option("--label-days", help="Days after a cut-off whose purchases "
                                                 "are its labels.")] = LABEL_DAYS,
     ) -> None:
@@ -322,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         as_of_date, label_days),
                 out=out or default_out(settings, as_of_date),
                 events_path=events or settings.events_path,
-                max_users=max_users, label_days=label_days)
+                max_users=None if max_users == 0 else max_users, label_days=label_days)
             from finegrain.spark import spark_session
 
             spark = spark_session(settings, app_name="finegrain-training-set")

@@ -8,3 +8,4 @@ EVENTS_FILE = "events.parquet"  # one row per clean purchase line (`finegrain.da
 CATALOG_FILE = "catalog.parquet"  # one row per item (`CATALOG_SCHEMA`)
 REPORT_FILE = "report.json"  # the counts of the run
 LOADED_FOLDER = "retail"  # the loaded data's folder under the data dir
+WATERMARK_FILE = "watermark.json"  # what the nightly ingest has merged in (`finegrain.data.ingest`)

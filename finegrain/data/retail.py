@@ -168,21 +168,8 @@ def load_online_retail(source: Path, out_dir: Path, progress: Progress | None = 
     started = time.perf_counter()
     source = Path(source)
     out_dir = Path(out_dir)
-    say(f"checking {source}")
-    _check_source(source)
-    say("reading the CSV")
-    raw, malformed_rows = _read_csv(source)
-    rows_read = raw.num_rows + len(malformed_rows)
-    if rows_read == 0:
-        raise DataError(f"source file {source} has a header but no data rows")
-    say("cleaning rows")
-    events, reasons = _clean(raw, _row_numbers(raw.num_rows, malformed_rows))
-    rejected = dict(zip(REJECT_REASONS, reasons, strict=True))
-    rejected["unparseable"] += len(malformed_rows)
-    if events.num_rows == 0:
-        raise DataError(
-            f"source file {source} has no clean purchase row (rejected: {_describe_counts(rejected)})"
-        )
+    cleaned = clean_online_retail(source, say)
+    events, rows_read, rejected = cleaned.events, cleaned.rows_read, cleaned.rejected
     say("building the catalogue")
     catalog = build_catalog(events)
     counts = dataset_counts(events)
@@ -202,6 +189,39 @@ def load_online_retail(source: Path, out_dir: Path, progress: Progress | None = 
         )
 
     return write_dataset(out_dir, events, catalog, lambda paths: finish(*paths))
+
+
+@dataclass(frozen=True)
+class CleanRows:
+    """The clean purchase lines of one CSV (`EVENTS_SCHEMA`, in file order) and what was rejected."""
+
+    events: Any
+    rows_read: int
+    rejected: dict[str, int]
+
+
+def clean_online_retail(source: Path, progress: Progress | None = None) -> CleanRows:
+    """The clean purchase view of the CSV at `source`, without writing anything: what `data load`
+    writes and what the nightly ingest merges (`finegrain.data.ingest`). Raises DataError like
+    `load_online_retail`."""
+    say = progress or _silent
+    source = Path(source)
+    say(f"checking {source}")
+    _check_source(source)
+    say("reading the CSV")
+    raw, malformed_rows = _read_csv(source)
+    rows_read = raw.num_rows + len(malformed_rows)
+    if rows_read == 0:
+        raise DataError(f"source file {source} has a header but no data rows")
+    say("cleaning rows")
+    events, reasons = _clean(raw, _row_numbers(raw.num_rows, malformed_rows))
+    rejected = dict(zip(REJECT_REASONS, reasons, strict=True))
+    rejected["unparseable"] += len(malformed_rows)
+    if events.num_rows == 0:
+        raise DataError(
+            f"source file {source} has no clean purchase row (rejected: {_describe_counts(rejected)})"
+        )
+    return CleanRows(events, rows_read, rejected)
 
 
 # ----------------------------------------------------------------------------------------- reading

@@ -5,7 +5,7 @@ For every record (partition, offset, value bytes):
    another producer than the API may write to the topic); an undecodable or invalid record becomes a
    `DeadLetter` with the reason, produced to the dead-letter topic, and the batch goes on;
 2. the accepted events (the first of any repeated `event_id` in the batch) are appended to the event
-   archive (`spark_jobs.stream.archive`);
+   archive (`finegrain.events.archive`);
 3. each user's real-time profile is read from Redis, folded with the user's events
    (`finegrain.features.realtime.fold`, with the item lookup of the current features version for the
    affinities) and written back with its TTL, all in two pipelined round trips.
@@ -28,6 +28,7 @@ import redis
 from google.protobuf.message import DecodeError
 
 from finegrain.codecs import encode
+from finegrain.events.archive import write_batch
 from finegrain.events.validation import check_stored_event
 from finegrain.features.realtime import Action, RealtimeConfig, fold
 from finegrain.features.user import ItemLookup
@@ -36,7 +37,6 @@ from finegrain.settings import Settings
 from finegrain.storage.clients import kafka_producer, mongo_client, redis_client
 from finegrain.storage.contract import Dataset, KafkaTopics, MongoCollections, RedisKeys
 from finegrain.storage.lists import current_version
-from spark_jobs.stream.archive import write_batch
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,9 @@
 Airflow's configuration (AIRFLOW_HOME, DAGS_FOLDER, connections) is set before Airflow is imported.
 
 Usage: python tests/integration/dag_runner.py DAG_FILE DAG_ID LOGICAL_DATE RUN_CONF_JSON
-Prints `DAG_RUN_STATE <state>` and the state of each task as `TASK <task_id> <state>`.
+Prints `DAG_RUN_STATE <state>` and the state of each task as `TASK <task_id> <state> <seconds>`
+(then its start and end in epoch seconds, if it ran), or `PARAMS_REFUSED <reason>` (exit status 3)
+when the run's conf fails the DAG's Param schemas, in which case no run is created and no task runs.
 """
 
 from __future__ import annotations
@@ -20,9 +22,20 @@ def main(dag_file: str, dag_id: str, logical_date: str, run_conf: str) -> int:
     spec.loader.exec_module(module)
     dag = module.dag
     assert dag.dag_id == dag_id
-    run = dag.test(logical_date=datetime.fromisoformat(logical_date), run_conf=json.loads(run_conf))
+    from airflow.sdk.exceptions import ParamValidationError
+
+    try:
+        run = dag.test(logical_date=datetime.fromisoformat(logical_date), run_conf=json.loads(run_conf))
+    except ParamValidationError as exc:
+        print("PARAMS_REFUSED " + " ".join(str(exc).split()))
+        return 3
     for ti in run.get_task_instances():
-        print(f"TASK {ti.task_id} {ti.state}")
+        if ti.start_date and ti.end_date:  # ran: its seconds, then its start and end (epoch seconds)
+            window = f"{(ti.end_date - ti.start_date).total_seconds():.1f} {ti.start_date.timestamp():.3f} " \
+                     f"{ti.end_date.timestamp():.3f}"
+        else:
+            window = "0.0"
+        print(f"TASK {ti.task_id} {ti.state} {window}")
     print(f"DAG_RUN_STATE {run.state}")
     return 0
 

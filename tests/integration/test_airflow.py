@@ -268,7 +268,7 @@ def test_the_ui_logs_in_lists_the_dags_and_runs_a_retrain(
             page.get_by_role("button", name="Trigger Dag").click()
             form = page.get_by_role("dialog")
             expect(form.get_by_text("Trigger Dag - finegrain_retrain")).to_be_visible()
-            form.get_by_role("combobox").click()
+            form.get_by_role("combobox", name="model").click()  # the XGBoost objective is one too
             page.get_by_role("option", name="embeddings_als", exact=True).click()
             form.locator("input[name='element_as_of']").fill(as_of)
             form.locator("input[name='element_events']").fill(str(events_path))

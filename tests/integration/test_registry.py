@@ -27,7 +27,7 @@ from finegrain.schemas import DataSnapshot, ModelManifest
 from finegrain.settings import Settings
 from finegrain.storage.clients import mongo_database, zookeeper_client
 from finegrain.storage.contract import MongoCollections, ZkPaths
-from models.publishing import ModelPublisher
+from models.publishing import GATE_HELD, GATE_PASSED, GATE_REFUSED, ModelPublisher
 from models.registry import CorruptArtifactError, ModelRegistry, RegistryError, sha256_hex, untar_artifact
 from tests.integration.sample import SPLIT_DATE
 
@@ -217,6 +217,48 @@ def test_publish_gate_watch_rollback_and_pin(settings: Settings, trained: Models
     finally:
         watcher.stop()
         watcher.close()
+
+
+def test_the_gate_decides_without_publishing(settings: Settings, trained: Models,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` (the nightly gate task's `finegrain models gate`) makes publish's decision and records it,
+    but writes nothing to ZooKeeper; a pinned model's candidate is held, not refused."""
+    name = "bulk_lines_gate"
+    registry = ModelRegistry(settings)
+    good = _register(registry, name, trained.good, trained.good.artifact, trained.snapshot)
+    weak = _register(registry, name, trained.weak, trained.weak_dir, trained.snapshot)
+    good_again = _register(registry, name, trained.good_again, trained.good_again.artifact, trained.snapshot)
+    with ModelPublisher(settings) as publisher:
+        first = publisher.check(name, good.version)
+        assert first.verdict == GATE_PASSED and "first published version" in first.reason
+        assert publisher.published(name) == (None, None)  # nothing written
+        assert publisher.publish(name, good.version).changed
+        refused = publisher.check(name, weak.version)
+        assert refused.verdict == GATE_REFUSED and refused.published == good.version
+        assert refused.gate is not None and refused.gate.current == pytest.approx(trained.good.auc)
+        assert "refused by the gate" in (registry.get(name, weak.version).gate or "")
+        assert publisher.check(name, good_again.version).verdict == GATE_PASSED
+        assert publisher.check(name, good.version).reason.endswith("is already published")
+        publisher.pin(name, good.version)
+        held = publisher.check(name, good_again.version)
+        assert held.verdict == GATE_HELD and f"pinned to version {good.version}" in held.reason
+        znode = ZkPaths(settings.zookeeper_root).model(name)
+        assert decode(ModelManifest, publisher.zk.get(znode)[0]) == good
+
+    monkeypatch.setattr(models_cli, "get_settings", lambda: settings)
+    root = typer.Typer()
+    root.add_typer(models_cli.app, name="models")
+    runner = CliRunner()
+    both = runner.invoke(root, ["models", "gate", f"{name}={good_again.version}", "--json"])
+    assert both.exit_code == 0, both.output  # held is not a refusal
+    figures = json.loads(both.output.strip().splitlines()[-1])
+    assert figures["held"] == {name: good_again.version} and figures["refused"] == {}
+    runner.invoke(root, ["models", "unpin", name])
+    worse = runner.invoke(root, ["models", "gate", f"{name}={weak.version}", "--json"])
+    assert worse.exit_code == 1 and "refused" in worse.output, worse.output
+    assert json.loads(worse.output.strip().splitlines()[-1])["refused"] == {name: weak.version}
+    bad = runner.invoke(root, ["models", "gate", name])
+    assert bad.exit_code == 2 and f"bad candidate '{name}': expected NAME=VERSION" in bad.output
 
 
 def test_a_corrupt_artifact_is_refused_by_fetch_and_publish(settings: Settings, trained: Models) -> None:

@@ -1,7 +1,8 @@
 """The manual retrain DAG (dags/finegrain_retrain.py): light and quick to import, the task graph, the
-rendered commands (training-set path shared by the ranker's two tasks, params passed in the
-environment) and a real `dag.test()` run of the embeddings branch (`finegrain models
-train-embeddings`) that registers and publishes a version on the local stack."""
+rendered spark-submit arguments and task arguments (the training-set path shared by the ranker's two
+tasks), and real `dag.test()` runs of every branch on the local stack with quick hyper-parameters:
+the XGBoost ranker (Spark training set, then trained, registered and published), the TensorFlow ranker
+with `publish` false (registered, not published) and the ALS embeddings (registered and published)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,13 @@ PROJECT = Path(__file__).resolve().parents[2]
 DAG_FILE = PROJECT / "dags" / "finegrain_retrain.py"
 RUNNER = Path(__file__).with_name("dag_runner.py")
 RUN_ID = "manual__2026-11-27T10:00:00+00:00"
+QUICK = {"max_users": 150, "xgboost_rounds": 20, "xgboost_objective": "binary:logistic", "tf_epochs": 1,
+         "als_factors": 16, "als_iterations": 4}
 
 INSPECT = """
 import json, sys, time, importlib.util
 import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit
-import airflow.providers.standard.operators.bash, airflow.providers.standard.operators.python
+import airflow.providers.standard.operators.python
 before = set(sys.modules)
 started = time.perf_counter()
 spec = importlib.util.spec_from_file_location("finegrain_retrain", sys.argv[1])
@@ -42,24 +45,26 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 seconds = time.perf_counter() - started
 heavy_roots = {"pyspark", "pandas", "numpy", "tensorflow", "xgboost", "faiss", "finegrain", "spark_jobs",
-               "models"}
+               "models", "serving"}
 heavy = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in heavy_roots)
+import finegrain_deployment as deployment
 dag = module.dag
+tasks = {t.task_id: t for t in dag.tasks}
 out = {"seconds": seconds, "heavy": heavy, "schedule": str(dag.schedule),
        "params": {name: dag.params[name] for name in dag.params},
        "downstream": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks},
        "branch": {m: module.choose_model({"model": m}) for m in module.MODELS}, "rendered": {}}
 for model in ("ranker_xgboost", "ranker_tf", "embeddings_als"):
-    context = {"params": {"model": model, "as_of": "2010-10-01", "events": "/data/ev.parquet"},
-               "run_id": sys.argv[2]}
-    tasks = {t.task_id: t for t in dag.tasks}
+    params = {**{name: dag.params[name] for name in dag.params}, "model": model, "as_of": "2010-10-01",
+              "events": "/data/ev.parquet", "max_users": 300, "xgboost_rounds": 7, "tf_epochs": 2}
+    context = {"params": params, "run_id": sys.argv[2], "ds": "2026-11-27"}
     out["rendered"][model] = {
         "spark_args": tasks["build_training_set"].render_template(
             tasks["build_training_set"].application_args, context),
-        **{task: {"command": tasks[task].render_template(tasks[task].bash_command, context),
-                  "env": tasks[task].render_template(tasks[task].env, context),
-                  "append_env": tasks[task].append_env}
+        **{task: tasks[task].render_template(tasks[task].op_kwargs, context)
            for task in ("train_ranker", "train_embeddings")},
+        "ranker_arguments": {kind: deployment.ranker_arguments(kind, params) for kind in ("xgboost", "tf")},
+        "embedding_arguments": deployment.embedding_arguments({**params, "als_iterations": 3}),
     }
 try:
     module.choose_model({"model": "ranker_lightgbm"})
@@ -86,7 +91,9 @@ def test_dag_imports_quickly_and_only_airflow(inspected: dict[str, Any]) -> None
 
 def test_task_graph_and_params(inspected: dict[str, Any]) -> None:
     assert inspected["schedule"] == "None"
-    assert inspected["params"]["model"] == "ranker_xgboost" and inspected["params"]["as_of"] == ""
+    params = inspected["params"]
+    assert params["model"] == "ranker_xgboost" and params["as_of"] is None and params["publish"] is True
+    assert params["events"] is None and {name: params[name] for name in QUICK} == dict.fromkeys(QUICK)
     assert inspected["downstream"] == {
         "choose_model": ["build_training_set", "train_embeddings"],
         "build_training_set": ["train_ranker"],
@@ -98,34 +105,27 @@ def test_task_graph_and_params(inspected: dict[str, Any]) -> None:
     assert "unknown model 'ranker_lightgbm'" in inspected["unknown"]
 
 
-def test_rendered_ranker_commands_share_the_training_set(inspected: dict[str, Any]) -> None:
+def test_rendered_ranker_tasks_share_the_training_set(inspected: dict[str, Any]) -> None:
     path = "/srv/fg/var/training_sets/retrain/2010-10-01-manual__2026-11-27T100000_0000"
-    for model, kind in (("ranker_xgboost", "xgboost"), ("ranker_tf", "tf")):
+    for model in ("ranker_xgboost", "ranker_tf"):
         rendered = inspected["rendered"][model]
         assert rendered["spark_args"] == ["--as-of", "2010-10-01", "--events", "/data/ev.parquet",
-                                          "--out", path]
-        task = rendered["train_ranker"]
-        assert task["command"].endswith('-m cli models train-ranker --kind "$RUN_KIND" --training-set '
-                                        '"$RUN_TRAINING_SET" --events "$RUN_EVENTS" --json')
-        assert task["env"] == {"RUN_KIND": kind, "RUN_TRAINING_SET": path, "RUN_EVENTS": "/data/ev.parquet"}
-        assert task["append_env"]  # the worker's FINEGRAIN_* settings and PYTHONPATH pass through
+                                          "--out", path, "--max-users", "300"]
+        assert rendered["train_ranker"] == {"as_of": "2010-10-01", "training_set": path,
+                                            "events": "/data/ev.parquet"}
+    arguments = inspected["rendered"]["ranker_xgboost"]["ranker_arguments"]
+    assert arguments == {"xgboost": ["--rounds", "7"], "tf": ["--epochs", "2"]}
 
 
-def test_embeddings_are_trained_by_the_cli_with_params_in_the_environment(inspected: dict[str, Any]) -> None:
-    task = inspected["rendered"]["embeddings_als"]["train_embeddings"]
-    assert task["command"].endswith('-m cli models train-embeddings --events "$RUN_EVENTS" '
-                                    '--as-of "$RUN_AS_OF" --json')
-    assert task["env"] == {"RUN_EVENTS": "/data/ev.parquet", "RUN_AS_OF": "2010-10-01"}
-    # No rendered param reaches a command line, where a quote in it would be shell code.
-    for rendered in inspected["rendered"].values():
-        for name in ("train_ranker", "train_embeddings"):
-            assert "/data/ev.parquet" not in rendered[name]["command"]
-            assert "2010-10-01" not in rendered[name]["command"]
+def test_embeddings_take_the_date_and_their_own_hyper_parameters(inspected: dict[str, Any]) -> None:
+    rendered = inspected["rendered"]["embeddings_als"]
+    assert rendered["train_embeddings"] == {"as_of": "2010-10-01", "events": "/data/ev.parquet"}
+    assert rendered["embedding_arguments"] == ["--iterations", "3"]
 
 
 @pytest.fixture(scope="module")
 def dag_settings(settings: Settings) -> Iterator[Settings]:
-    """A registry and ZooKeeper root of its own: the run's gate compares against nothing another test
+    """A registry and ZooKeeper root of its own: the runs' gates compare against nothing another test
     published."""
     own = settings.model_copy(update={"mongo_database": settings.mongo_database + "_retrain",
                                       "zookeeper_root": settings.zookeeper_root + "_retrain"})
@@ -133,29 +133,63 @@ def dag_settings(settings: Settings) -> Iterator[Settings]:
     drop_namespace(own)
 
 
-def test_embeddings_branch_registers_and_publishes(dag_settings: Settings, retail_data: Path,
-                                                   tmp_path: Path) -> None:
-    env = migrated_airflow_env(dag_settings, tmp_path / "airflow", tmp_path / "var")
-    conf = {"model": "embeddings_als", "events": str(retail_data / "events.parquet")}
-    result = subprocess.run(
-        [sys.executable, str(RUNNER), str(DAG_FILE), "finegrain_retrain", "2010-11-10T00:00:00+00:00",
-         json.dumps(conf)],
-        env=env, capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def airflow_env(dag_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("retrain")
+    return migrated_airflow_env(dag_settings, folder / "airflow", folder / "var")
+
+
+def run_retrain(env: dict[str, str], logical_date: str, conf: dict[str, Any]) -> dict[str, str]:
+    result = subprocess.run([sys.executable, str(RUNNER), str(DAG_FILE), "finegrain_retrain", logical_date,
+                             json.dumps(conf)], env=env, capture_output=True, text=True, timeout=900)
     tail = (result.stdout + result.stderr)[-4000:]
     assert result.returncode == 0, tail
-    states = dict(line.split()[1:3] for line in result.stdout.splitlines() if line.startswith("TASK "))
-    assert states == {"choose_model": "success", "train_embeddings": "success",
-                      "build_training_set": "skipped", "train_ranker": "skipped"}, tail
-    assert "DAG_RUN_STATE success" in result.stdout
+    assert "DAG_RUN_STATE success" in result.stdout, tail
+    return {line.split()[1]: line.split()[2] for line in result.stdout.splitlines()
+            if line.startswith("TASK ")}
 
+
+def published_manifest(settings: Settings, name: str) -> ModelManifest | None:
+    zk = zookeeper_client(settings)
+    try:
+        if not zk.exists(ZkPaths(settings.zookeeper_root).model(name)):
+            return None
+        data, _ = zk.get(ZkPaths(settings.zookeeper_root).model(name))
+    finally:
+        zk.stop()
+    return decode(ModelManifest, data)
+
+
+@pytest.mark.parametrize(("model", "publish"), [("ranker_xgboost", True), ("ranker_tf", False)])
+def test_a_ranker_branch_builds_its_set_with_spark_trains_and_registers(
+        model: str, publish: bool, dag_settings: Settings, airflow_env: dict[str, str],
+        retail_data: Path) -> None:
+    conf = {**QUICK, "model": model, "as_of": "2010-11-10", "publish": publish,
+            "events": str(retail_data / "events.parquet")}
+    states = run_retrain(airflow_env, "2026-11-27T10:00:00+00:00", conf)
+    assert states == {"choose_model": "success", "build_training_set": "success", "train_ranker": "success",
+                      "train_embeddings": "skipped"}, states
+    entries = ModelRegistry(dag_settings).list(model)
+    assert len(entries) == 1, entries
+    manifest = entries[0].manifest
+    assert manifest.data_snapshot.as_of_date == "2010-11-10"
+    assert "/training_sets/retrain/2010-11-10-" in manifest.params["training_set"]
+    if model == "ranker_xgboost":
+        assert manifest.params["objective"] == "binary:logistic" and manifest.params["rounds"] == "20"
+    assert manifest.metrics["ndcg@20"] > 0.2
+    assert entries[0].published is publish
+    assert published_manifest(dag_settings, model) == (manifest if publish else None)
+
+
+def test_the_embeddings_branch_registers_and_publishes(dag_settings: Settings, airflow_env: dict[str, str],
+                                                       retail_data: Path) -> None:
+    conf = {**QUICK, "model": "embeddings_als", "events": str(retail_data / "events.parquet")}
+    states = run_retrain(airflow_env, "2010-11-10T00:00:00+00:00", conf)  # empty as_of: the logical date
+    assert states == {"choose_model": "success", "train_embeddings": "success",
+                      "build_training_set": "skipped", "train_ranker": "skipped"}, states
     entries = ModelRegistry(dag_settings).list("embeddings_als")
     assert len(entries) == 1 and entries[0].published, entries
     manifest = entries[0].manifest
-    assert manifest.params["gate_metric"] == "recall@200" and manifest.metrics["recall@200"] > 0.4
-    zk = zookeeper_client(dag_settings)
-    try:
-        data, _ = zk.get(ZkPaths(dag_settings.zookeeper_root).model("embeddings_als"))
-    finally:
-        zk.stop()
-    assert decode(ModelManifest, data) == manifest
-    assert not (tmp_path / "var" / "training_sets").exists()  # the Spark branch did not run
+    assert manifest.params["gate_metric"] == "recall@200" and manifest.metrics["recall@200"] > 0.3
+    assert manifest.data_snapshot.as_of_date == "2010-11-10"
+    assert published_manifest(dag_settings, "embeddings_als") == manifest

@@ -1,7 +1,7 @@
 """The DAG folder as Airflow sees it, without any service: Airflow's own parser finds exactly the two
 DAGs and no import error (the shared `finegrain_deployment.py` is ignored, not a broken DAG), and the
-nightly DAG submits exactly the jobs of `spark_jobs.JOBS`, so a job added to the registry but not to
-the DAG fails here."""
+nightly DAG submits each job of `spark_jobs.JOBS` in a task of its own, so a job added to the registry
+but not to the DAG fails here."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ bag = DagBag(dag_folder=sys.argv[1], safe_mode=False)  # not safe mode: every .p
 spec = importlib.util.spec_from_file_location("nightly_under_test", sys.argv[1] + "/finegrain_nightly.py")
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-build = module.dag.get_task("offline_build")
 print("DAGS " + json.dumps({
     "dag_ids": sorted(bag.dag_ids),
     "import_errors": {str(path): error for path, error in bag.import_errors.items()},
     "parsed": sorted(str(path) for path in bag.file_last_changed),
     "offline_jobs": list(module.OFFLINE_JOBS),
-    "submitted": list(build.application_args),
+    "submitted": {job: list(module.dag.get_task(job).application_args) for job in module.OFFLINE_JOBS},
+    "upstream": {job: sorted(module.dag.get_task(job).upstream_task_ids) for job in module.OFFLINE_JOBS},
 }))
 """
 
@@ -57,8 +57,12 @@ def test_airflow_parses_two_dags_and_ignores_the_shared_module(dag_folder: dict[
         "finegrain_nightly.py", "finegrain_retrain.py"]
 
 
-def test_the_nightly_dag_submits_every_registered_job(dag_folder: dict[str, object]) -> None:
+def test_the_nightly_dag_submits_every_registered_job_in_a_task_of_its_own(
+        dag_folder: dict[str, object]) -> None:
     assert dag_folder["offline_jobs"] == list(JOBS)
     submitted = dag_folder["submitted"]
-    assert isinstance(submitted, list)
-    assert submitted[:submitted.index("--as-of")] == list(JOBS)
+    assert isinstance(submitted, dict)
+    assert {job: arguments[:2] for job, arguments in submitted.items()} == {
+        job: [job, "--as-of"] for job in JOBS}
+    # Features first (after the ingest), the others after it, side by side.
+    assert dag_folder["upstream"] == {job: ["ingest"] if job == "features" else ["features"] for job in JOBS}

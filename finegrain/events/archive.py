@@ -15,9 +15,11 @@ second copy; a reader never sees half a file.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,6 +31,16 @@ from finegrain.schemas import BehaviorEvent
 
 EVENT_TYPE_NAMES = {number: name for name, number in TYPE_NAMES.items()}
 PARTITION = "event_date"
+_FILE_PATTERN = re.compile(rf"^{PARTITION}=(\d{{4}}-\d{{2}}-\d{{2}})/batch-(\d{{12}})\.parquet$")
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """One file of the archive: the event date it holds and the micro-batch that wrote it."""
+
+    path: Path
+    event_date: date
+    batch_id: int
 
 
 def batch_file_name(batch_id: int) -> str:
@@ -73,6 +85,22 @@ def write_batch(archive: Path, batch_id: int, events: Sequence[BehaviorEvent]) -
         pq.write_table(events_table(day_events), staging)
         os.replace(staging, final)  # atomic: a reader sees no file or the whole one
     return {day: len(day_events) for day, day_events in sorted(by_date.items())}
+
+
+def archive_files(archive: Path) -> list[ArchiveFile]:
+    """The archive's complete files, by event date then batch id. Staging files (hidden, `.tmp`) and
+    anything not named like a batch file are not part of the archive."""
+    found = []
+    for path in archive.glob(f"{PARTITION}=*/batch-*.parquet"):
+        match = _FILE_PATTERN.match(path.relative_to(archive).as_posix())
+        if match is None:
+            continue
+        try:
+            day = date.fromisoformat(match.group(1))
+        except ValueError:  # a folder named like a partition but not a real date
+            continue
+        found.append(ArchiveFile(path, day, int(match.group(2))))
+    return sorted(found, key=lambda file: (file.event_date, file.batch_id))
 
 
 def read_archive(archive: Path) -> pa.Table:

@@ -1,0 +1,147 @@
+"""Wall time of the whole nightly DAG on the real data, ingest to smoke test, and of each of its tasks.
+
+One `dag.test()` run of `dags/finegrain_nightly.py` (tasks one after another, in the order Airflow
+schedules them) in an Airflow home of its own (SQLite), against the local stack in a namespace of its
+own (Redis database 2, Mongo database `finegrain_bench_nightly`, ZooKeeper root
+`/finegrain_bench_nightly`, emptied first so the gate publishes a first version), with an API of one
+worker started beside it for the smoke test, and canonical events ingested from scratch out of the raw
+file (FINEGRAIN_SOURCE_CSV). The as-of date is the day after the data's last purchase (what a shop's
+nightly run is), unless `--as-of` names one. The figure is the run's wall time from the first task's
+start to the last task's end; the Airflow start and the DAG parse before it are reported apart.
+Target: under 5 minutes on a 2-core machine.
+
+Usage: .venv/bin/python bench/nightly.py [--as-of D] [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import SecretStr
+
+from finegrain.apikeys import KeyStore, Scope
+from finegrain.console import console, print_json_line, summary_table
+from finegrain.data.retail import clean_online_retail, dataset_counts
+from finegrain.settings import PROJECT_ROOT, Settings, get_settings
+from finegrain.storage.clients import mongo_client, zookeeper_client
+from serving.process import ApiServer
+
+RUNNER = PROJECT_ROOT / "tests" / "integration" / "dag_runner.py"
+NIGHTLY = PROJECT_ROOT / "dags" / "finegrain_nightly.py"
+API_BIND = "127.0.0.1:18382"
+TARGET_S = 300.0
+# The tests' quick hyper-parameters (tests/integration/test_dags.py): a check of the wiring, not a figure.
+QUICK = {"max_users": 150, "xgboost_rounds": 20, "xgboost_objective": "binary:logistic", "tf_epochs": 1,
+         "als_factors": 16, "als_iterations": 4}
+
+
+def bench_settings(folder: Path) -> Settings:
+    base = get_settings()
+    host, port = base.redis_address()
+    return base.model_copy(update={
+        "mongo_database": "finegrain_bench_nightly", "zookeeper_root": "/finegrain_bench_nightly",
+        "redis_url": f"redis://{host}:{port}/2", "var_dir": folder / "var",
+        "event_archive": folder / "archive", "api_bind": API_BIND, "api_workers": 1})
+
+
+def empty_namespace(settings: Settings) -> None:
+    """The registry and the znodes of a previous run would make the gate compare with them."""
+    zk = zookeeper_client(settings)
+    try:
+        zk.delete(settings.zookeeper_root, recursive=True)
+    finally:
+        zk.stop()
+    client = mongo_client(settings)
+    client.drop_database(settings.mongo_database)
+    client.close()
+
+
+def airflow_env(settings: Settings, folder: Path) -> dict[str, str]:
+    env = {**settings.environment(), "AIRFLOW_HOME": str(folder / "airflow"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(NIGHTLY.parent), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+           "AIRFLOW_CONN_FINEGRAIN_SPARK": json.dumps({"conn_type": "spark", "host": settings.spark_master}),
+           "FINEGRAIN_DATA_DIR": str(settings.var_dir / "data" / "retail")}
+    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    if migrate.returncode != 0:
+        raise SystemExit(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
+    return env
+
+
+def run_nightly(env: dict[str, str], as_of: str, conf: dict[str, Any], log: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    with log.open("w") as out:
+        result = subprocess.run([sys.executable, str(RUNNER), str(NIGHTLY), "finegrain_nightly",
+                                 f"{as_of}T02:00:00+00:00", json.dumps(conf)], env=env,
+                                stdout=subprocess.PIPE, stderr=out, text=True, timeout=3600, cwd=PROJECT_ROOT)
+    wall = time.perf_counter() - started
+    tasks = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("TASK "):
+            _, task, state, seconds, *window = line.split()
+            tasks[task] = {"state": state, "seconds": float(seconds),
+                           "window": [float(value) for value in window]}
+    state = next((line.split()[1] for line in result.stdout.splitlines() if line.startswith("DAG_RUN_STATE")),
+                 "not run")
+    windows = [task["window"] for task in tasks.values() if task["window"]]
+    run_s = max(end for _, end in windows) - min(start for start, _ in windows) if windows else 0.0
+    return {"state": state, "tasks": tasks, "run_s": run_s, "process_s": wall,
+            "startup_s": wall - run_s, "log": str(log)}
+
+
+def main(
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="As-of date of the run (YYYY-MM-DD). Default: the day after the data's last "
+        "purchase.", show_default=False)] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="The tests' quick hyper-parameters (a check of the wiring, not the figure).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON line at the end.")
+                       ] = False,
+) -> None:
+    """Time the nightly DAG, ingest to smoke test, on the real data."""
+    if as_of is None:
+        with console.status("reading the raw data for its last purchase ..."):
+            last = dataset_counts(clean_online_retail(get_settings().source_csv).events)["last_timestamp"]
+        as_of = (last.date() + timedelta(days=1)).isoformat()
+    folder = Path(tempfile.mkdtemp(prefix="finegrain-bench-nightly-"))
+    settings = bench_settings(folder)
+    empty_namespace(settings)
+    with KeyStore(settings) as keys:  # the smoke test asks the API as a client does, with a key
+        _, token, _ = keys.create("bench-nightly-smoke", [str(Scope.RECOMMEND)])
+    settings = settings.model_copy(update={"api_key": SecretStr(token)})
+    with console.status("setting up Airflow (db migrate) ..."):
+        env = airflow_env(settings, folder)
+    api = ApiServer(settings)
+    with console.status(f"starting the API on {API_BIND} ..."):
+        api.start(ready=False)  # nothing is published yet: the run publishes, the API swaps it in
+    try:
+        with console.status(f"running the nightly DAG as of {as_of} (log: {folder / 'dag.log'}) ..."):
+            figures = run_nightly(env, as_of, QUICK if quick else {}, folder / "dag.log")
+    finally:
+        api.stop()
+    rows = [(task, figures["tasks"][task]["state"], figures["tasks"][task]["seconds"])
+            for task in sorted(figures["tasks"], key=lambda t: figures["tasks"][t]["window"] or [0.0])]
+    rows.append(("whole run, first task start to last task end", figures["state"], figures["run_s"]))
+    rows.append(("Airflow start and DAG parse (not in the run)", "", figures["startup_s"]))
+    target = "met" if figures["run_s"] < TARGET_S and figures["state"] == "success" else "missed"
+    console.print(summary_table(f"Nightly DAG as of {as_of}{' (quick)' if quick else ''}: target < "
+                                f"{TARGET_S:.0f} s {target}", rows, ["task", "state", "seconds"]))
+    if as_json:
+        print_json_line({"as_of": as_of, "quick": quick, "target_s": TARGET_S, "cpus": os.cpu_count(),
+                         **figures})
+    if figures["state"] != "success":
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    typer.run(main)
