@@ -36,6 +36,10 @@ def _running_pid(settings: Settings) -> int | None:
 def start(
     workers: Annotated[int | None, typer.Option(help="Worker processes (FINEGRAIN_API_WORKERS).")] = None,
     bind: Annotated[str | None, typer.Option(help="host:port (default FINEGRAIN_API_BIND).")] = None,
+    ready: Annotated[bool, typer.Option(
+        "--ready/--no-ready", help="Wait until every worker is ready (/readyz: datasets and models loaded); "
+        "--no-ready returns once they answer /healthz, for an API started before anything is published "
+        "(it swaps in the first published versions by itself).")] = True,
 ) -> None:
     """Start gunicorn in the background and return once every worker has loaded the datasets and models."""
     from serving.process import ApiServer
@@ -52,13 +56,13 @@ def start(
     server = ApiServer(settings)
     try:
         with console.status(f"starting {settings.api_workers} workers on {settings.api_bind} ..."):
-            server.start()
+            server.start(ready=ready)
     except FinegrainError as exc:
         raise fail(str(exc)) from None
     assert server.process is not None
     _pid_file(settings).write_text(str(server.process.pid))
-    console.print(f"[green]✓[/] API ready on {server.url} (gunicorn PID {server.process.pid}, "
-                  f"log {server.log_path})")
+    console.print(f"[green]✓[/] API {'ready' if ready else 'up (not waiting for readiness)'} on {server.url} "
+                  f"(gunicorn PID {server.process.pid}, log {server.log_path})")
 
 
 @app.command()

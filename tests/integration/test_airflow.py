@@ -33,6 +33,7 @@ import pytest
 
 from finegrain.settings import Settings
 from finegrain.stack.airflow import LocalAirflow, read_login
+from finegrain.stack.airflow_runs import AirflowRuns, DagRun
 from models.registry import ModelRegistry
 from tests.integration.conftest import drop_namespace
 
@@ -315,22 +316,33 @@ def _task_logs(settings: Settings, run_id: str) -> str:
 
 def _training_task_running(settings: Settings, url: str, events: Path) -> None:
     """Trigger the retrain DAG through the REST API and return once its training task runs."""
-    login = read_login(settings)
-    assert login is not None
-    token = httpx.post(f"{url}/auth/token", json={"username": login.user, "password": login.password},
-                       timeout=30).json()["access_token"]
-    api = httpx.Client(base_url=f"{url}/api/v2/dags", timeout=30,
-                       headers={"Authorization": f"Bearer {token}"})
-    with api:
-        assert api.patch("/finegrain_retrain", json={"is_paused": False}).status_code == 200
-        conf = {"model": "embeddings_als", "as_of": _retrain_as_of(events), "events": str(events)}
-        run = api.post("/finegrain_retrain/dagRuns", json={"logical_date": None, "conf": conf})
-        assert run.status_code == 200, run.text
-        task = f"/finegrain_retrain/dagRuns/{run.json()['dag_run_id']}/taskInstances/train_embeddings"
+    conf = {"model": "embeddings_als", "as_of": _retrain_as_of(events), "events": str(events)}
+    with AirflowRuns(settings) as runs:
+        run = runs.trigger("finegrain_retrain", None, conf)
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while (state := api.get(task).json().get("state")) != "running":
-            assert state in {None, "scheduled", "queued"} and time.monotonic() < deadline, state
+        while (state := _task_state(runs.refresh(run), "train_embeddings")) != "running":
+            assert state in {"none", "scheduled", "queued"} and time.monotonic() < deadline, state
             time.sleep(0.5)
+
+
+def _task_state(run: DagRun, task_id: str) -> str:
+    return next((t.state for t in run.tasks if t.task_id == task_id), "none")
+
+
+def test_the_run_command_triggers_and_follows_a_run(airflow_settings: Settings, started: dict[str, Any],
+                                                    events_path: Path) -> None:
+    conf = {"model": "embeddings_als", "as_of": _retrain_as_of(events_path), "events": str(events_path),
+            "publish": False}
+    result = _cli(airflow_settings, "airflow", "run", "finegrain_retrain", "--conf", json.dumps(conf),
+                  "--json", timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = _last_json(result.stdout)
+    assert run["state"] == "success" and run["tasks"]["train_embeddings"]["state"] == "success", run
+    assert "train_embeddings: success" in result.stdout  # followed task by task
+    bad = _cli(airflow_settings, "airflow", "run", "finegrain_retrain", "--conf", "[1]")
+    assert bad.returncode == 2 and "expected a JSON object" in bad.stderr + bad.stdout
+    unknown = _cli(airflow_settings, "airflow", "run", "finegrain_weekly")
+    assert unknown.returncode == 2 and "no DAG 'finegrain_weekly'" in unknown.stderr + unknown.stdout
 
 
 def test_down_stops_every_process(airflow_settings: Settings, started: dict[str, Any],
