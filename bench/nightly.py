@@ -6,7 +6,8 @@ emptied first so the gate publishes a first version), with an API of one worker 
 the smoke test (asked with a `recommend` key created for it), and canonical events ingested from
 scratch out of the raw file (FINEGRAIN_SOURCE_CSV). Two ways to run it:
 - `--mode airflow` (default): through the local Airflow (`finegrain.stack.airflow`, in a home of its
-  own, api-server on 127.0.0.1:18383): triggered through its REST API, its scheduler's LocalExecutor
+  own, api-server on 127.0.0.1:18383): triggered through its REST API as `finegrain airflow run` does
+  (`finegrain.stack.airflow_runs`), its scheduler's LocalExecutor
   running the tasks, side by side where the graph allows, as in production; the scheduler's own cron
   runs are off (`use_job_schedule`), so unpausing the DAG starts nothing else;
 - `--mode dag-test`: `dag.test()` in a process of its own, the tasks one after another.
@@ -25,11 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from pydantic import SecretStr
 
@@ -37,7 +37,8 @@ from finegrain.apikeys import KeyStore, Scope
 from finegrain.console import console, print_json_line, summary_table
 from finegrain.data.retail import clean_online_retail, dataset_counts
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
-from finegrain.stack.airflow import LocalAirflow, read_login
+from finegrain.stack.airflow import LocalAirflow
+from finegrain.stack.airflow_runs import AirflowRuns
 from finegrain.storage.clients import mongo_client, zookeeper_client
 from serving.process import ApiServer
 
@@ -87,33 +88,20 @@ def airflow_env(settings: Settings, folder: Path) -> dict[str, str]:
 
 
 def run_through_airflow(settings: Settings, as_of: str, conf: dict[str, Any]) -> dict[str, Any]:
-    """Start the local Airflow, trigger the run through its REST API, wait for its end; stop Airflow."""
+    """Start the local Airflow, trigger the run through its REST API as `finegrain airflow run` does
+    (`finegrain.stack.airflow_runs`), follow it to its end, then stop Airflow."""
     os.environ["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"  # passed through to the scheduler
     airflow = LocalAirflow(settings)
     started = time.perf_counter()
     try:
         airflow.up()
-        login = read_login(settings)
-        assert login is not None
-        token = httpx.post(f"{airflow.url}/auth/token", json={"username": login.user,
-                                                              "password": login.password},
-                           timeout=30).json()["access_token"]
-        dag = "/finegrain_nightly"
-        with httpx.Client(base_url=f"{airflow.url}/api/v2/dags", timeout=30,
-                          headers={"Authorization": f"Bearer {token}"}) as api:
-            deadline = time.monotonic() + 300
-            while api.get(dag).status_code != 200:  # the dag-processor has not parsed it yet
-                if time.monotonic() > deadline:
-                    raise SystemExit("the dag-processor did not list finegrain_nightly within 300 s")
-                time.sleep(1)
-            api.patch(dag, json={"is_paused": False}).raise_for_status()
+        with AirflowRuns(settings) as runs:
+            runs.wait_for_dag("finegrain_nightly")
             startup = time.perf_counter() - started
-            run = api.post(f"{dag}/dagRuns", json={"logical_date": f"{as_of}T02:00:00Z", "conf": conf})
-            run.raise_for_status()
-            run_id = run.json()["dag_run_id"]
-            while (state := api.get(f"{dag}/dagRuns/{run_id}").json()["state"]) in ("queued", "running"):
-                time.sleep(2)
-            instances = api.get(f"{dag}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+            run = runs.follow(runs.trigger("finegrain_nightly", date.fromisoformat(as_of), conf))
+            # Each task's start and end, for the run's wall time (the follow loop polls every 2 s).
+            instances = runs.client.get(f"/dags/finegrain_nightly/dagRuns/{run.run_id}/taskInstances"
+                                        ).json()["task_instances"]
     finally:
         airflow.down()
     tasks = {}
@@ -124,7 +112,7 @@ def run_through_airflow(settings: Settings, as_of: str, conf: dict[str, Any]) ->
                                 "window": window}
     windows = [task["window"] for task in tasks.values() if task["window"]]
     run_s = max(end for _, end in windows) - min(start for start, _ in windows) if windows else 0.0
-    return {"state": state, "tasks": tasks, "run_s": run_s, "startup_s": startup,
+    return {"state": run.state, "tasks": tasks, "run_s": run_s, "startup_s": startup,
             "log": str(settings.airflow_dir / "logs")}
 
 
