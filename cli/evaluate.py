@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
+import pandas as pd
 import typer
 
 from cli.options import EventsOption, JsonOption, TestDaysOption
@@ -96,13 +97,19 @@ AsOfOption = Annotated[str, typer.Option(
     show_default=False)]
 
 
-def split_date(as_of: str, events_path: Path, test_days: int = TEST_DAYS) -> date:
-    """The --as-of given, or the README protocol's split of these events (their last test window)."""
+def split_date(as_of: str, events_path: Path, test_days: int = TEST_DAYS,
+               events: pd.DataFrame | None = None) -> date:
+    """The --as-of given, or the README protocol's split of these events (their last test window);
+    `events`: the file read already."""
     if as_of:
         return parse_as_of(as_of)
-    if not events_path.exists():
-        raise DataError(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
-    return readme_split(load_events(events_path), test_days)
+    if events is None:
+        if not events_path.exists():
+            raise DataError(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
+        events = load_events(events_path)
+    return readme_split(events, test_days)
+
+
 ReplaceNewerOption = Annotated[bool, typer.Option(
     "--replace-newer", help="Allow rebuilding datasets whose current version is built as of a later date "
     "(what serving reads); without it the command refuses and suggests a namespace of its own.")]
@@ -188,7 +195,9 @@ def all_(
     started = time.perf_counter()
 
     try:
-        date_ = split_date(as_of, events_path, test_days)
+        # Read once for the split and the date checks, which refuse bad dates before any job runs.
+        frame = load_events(events_path) if events_path.exists() else None
+        date_ = split_date(as_of, events_path, test_days, frame)
         chosen: list[str] = []
         if not skip_rankers:
             if rankers is None:
@@ -196,8 +205,8 @@ def all_(
             else:
                 chosen = [r.strip() for r in rankers.split(",") if r.strip()]
         check_options(chosen, merge_i2i)
-        if events_path.exists():  # the dates are refused before any job runs
-            check_dates(load_events(events_path), date_, test_days, chosen)
+        if frame is not None:
+            check_dates(frame, date_, test_days, chosen)
         parsed_quotas = parse_quotas(quotas) if quotas else None
         versions, rebuilt = _datasets(settings, date_, events_path, RECALL_DATASET_JOBS, rebuild,
                                       replace_newer)
