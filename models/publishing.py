@@ -24,6 +24,7 @@ current one withdrawn, so repeated rollbacks walk further back instead of swappi
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -84,6 +85,16 @@ def metric_value(manifest: ModelManifest, metric: str) -> float | None:
     return None
 
 
+# Versions registered before the evaluation was named by its protocol and window (2026-12-01) were
+# named by their split date; each was the README protocol with a 30-day window.
+_SPLIT_DATED = re.compile(r"^readme-protocol-\d{4}-\d{2}-\d{2}$")
+
+
+def evaluation_kind(name: str) -> str:
+    """What an `evaluation` param compares as: its protocol and window (older names mapped)."""
+    return "readme-protocol-30d" if _SPLIT_DATED.match(name) else name
+
+
 def evaluate_gate(candidate: ModelManifest, current: ModelManifest | None,
                   tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
     """Whether `candidate` may replace `current` (the published manifest, None if nothing is)."""
@@ -103,7 +114,8 @@ def evaluate_gate(candidate: ModelManifest, current: ModelManifest | None,
         return GateDecision(False, f"the published version {current.version} has no {metric} to compare "
                             f"{label} with; publish with --force if that is intended", metric, mine,
                             theirs, tolerance)
-    ours_eval, their_eval = candidate.params.get("evaluation", ""), current.params.get("evaluation", "")
+    ours_eval = evaluation_kind(candidate.params.get("evaluation", ""))
+    their_eval = evaluation_kind(current.params.get("evaluation", ""))
     if ours_eval and their_eval and ours_eval != their_eval:
         return GateDecision(False, f"{label} was evaluated on {ours_eval!r} but the published version "
                             f"{current.version} on {their_eval!r}: {metric} values are not comparable",

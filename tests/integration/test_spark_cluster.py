@@ -114,8 +114,12 @@ def cluster(spark_master: str, local: Side, namespace: Settings, events: Path, a
           "--name", "finegrain-cluster-test-offline-build", str(PROJECT_ROOT / "spark_jobs" / "submit.py"),
           *JOBS, "--as-of", as_of.isoformat(), "--events", str(events)], env)
     out = tmp_path_factory.mktemp("cluster") / "training_set"
+    # The local side's cut-offs: the default (a training run's plan) would also need a backtest's
+    # history, more than these events hold.
+    cutoffs = ",".join(c.isoformat() for c in train_cutoffs(as_of))
     _run([PYTHON, str(PROJECT_ROOT / "spark_jobs" / "training_set.py"), "--as-of", as_of.isoformat(),
-          "--events", str(events), "--out", str(out), "--max-users", str(USERS_PER_CUTOFF)],
+          "--cutoffs", cutoffs, "--events", str(events), "--out", str(out), "--max-users",
+          str(USERS_PER_CUTOFF)],
          {**env, "FINEGRAIN_SPARK_MASTER": spark_master,  # the master from the settings, not spark-submit
           "PYSPARK_SUBMIT_ARGS": " ".join([*CLUSTER_CONF, "pyspark-shell"])})
     versions = RedisVersions(redis_client(namespace))

@@ -144,3 +144,18 @@ def test_artifact_bytes_of_bytes_a_file_and_nothing(tmp_path: Path) -> None:
     assert artifact_bytes(tmp_path / "model.ubj") == (b"booster", ".ubj")
     with pytest.raises(RegistryError, match="no artifact"):
         artifact_bytes(tmp_path / "missing")
+
+
+def test_versions_scored_the_same_way_compare_whatever_their_dates() -> None:
+    """Today's and yesterday's nightly versions (one window length, splits a day apart) compare; a
+    version named by its split date before windows were named is the 30-day protocol; another window
+    length is not comparable."""
+    today = manifest("v2", {"ndcg@20": 0.395}, evaluation="readme-protocol-30d",
+                     evaluation_split="2031-11-21")
+    yesterday = manifest("v1", {"ndcg@20": 0.39}, evaluation="readme-protocol-30d",
+                         evaluation_split="2031-11-20")
+    assert evaluate_gate(today, yesterday).passed
+    older = manifest("v0", {"ndcg@20": 0.39}, evaluation="readme-protocol-2031-10-01")
+    assert evaluate_gate(today, older).passed
+    week = manifest("v1", {"ndcg@20": 0.39}, evaluation="readme-protocol-7d")
+    assert "not comparable" in evaluate_gate(today, week).reason
