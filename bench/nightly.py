@@ -15,7 +15,8 @@ The as-of date is the day after the data's last purchase (what a shop's nightly 
 `--as-of` names one. The figure is the run's wall time from the first task's start to the last task's
 end; starting Airflow before it is reported apart. Target: under 5 minutes on a 2-core machine.
 
-Usage: .venv/bin/python bench/nightly.py [--mode airflow|dag-test] [--as-of D] [--quick] [--json]
+Usage: .venv/bin/python bench/nightly.py [--mode airflow|dag-test] [--parallelism N] [--as-of D]
+                                         [--quick] [--conf JSON] [--json]
 """
 
 from __future__ import annotations
@@ -87,10 +88,13 @@ def airflow_env(settings: Settings, folder: Path) -> dict[str, str]:
     return env
 
 
-def run_through_airflow(settings: Settings, as_of: str, conf: dict[str, Any]) -> dict[str, Any]:
+def run_through_airflow(settings: Settings, as_of: str, conf: dict[str, Any], parallelism: int | None
+                        ) -> dict[str, Any]:
     """Start the local Airflow, trigger the run through its REST API as `finegrain airflow run` does
     (`finegrain.stack.airflow_runs`), follow it to its end, then stop Airflow."""
     os.environ["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"  # passed through to the scheduler
+    if parallelism is not None:  # else the local Airflow's own (finegrain.stack.airflow)
+        os.environ["AIRFLOW__CORE__PARALLELISM"] = str(parallelism)
     airflow = LocalAirflow(settings)
     started = time.perf_counter()
     try:
@@ -151,12 +155,24 @@ def main(
     quick: Annotated[bool, typer.Option(
         "--quick", help="The tests' quick hyper-parameters (a check of the wiring, not the figure).")
     ] = False,
+    parallelism: Annotated[int | None, typer.Option(
+        "--parallelism", min=1, help="--mode airflow: how many tasks the scheduler runs at once (1: one "
+        "after another). Default: the local Airflow's.", show_default=False)] = None,
+    conf: Annotated[str, typer.Option(
+        "--conf", help="More params of the run, as a JSON object (e.g. '{\"xgboost_objective\": "
+        "\"binary:logistic\"}').")] = "{}",
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON line at the end.")
                        ] = False,
 ) -> None:
     """Time the nightly DAG, ingest to smoke test, on the real data."""
     if mode not in MODES:
         raise typer.BadParameter(f"choose {' or '.join(MODES)}, not {mode!r}", param_hint="--mode")
+    try:
+        extra = json.loads(conf)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--conf") from None
+    if not isinstance(extra, dict):
+        raise typer.BadParameter("a JSON object of params, e.g. {}", param_hint="--conf")
     if as_of is None:
         with console.status("reading the raw data for its last purchase ..."):
             last = dataset_counts(clean_online_retail(get_settings().source_csv).events)["last_timestamp"]
@@ -170,16 +186,16 @@ def main(
     api = ApiServer(settings)
     with console.status(f"starting the API on {API_BIND} ..."):
         api.start(ready=False)  # nothing is published yet: the run publishes, the API swaps it in
-    conf = QUICK if quick else {}
+    params = {**(QUICK if quick else {}), **extra}
     try:
         if mode == "airflow":
             with console.status(f"running the nightly DAG as of {as_of} through Airflow ..."):
-                figures = run_through_airflow(settings, as_of, conf)
+                figures = run_through_airflow(settings, as_of, params, parallelism)
         else:
             with console.status("setting up Airflow (db migrate) ..."):
                 env = airflow_env(settings, folder)
             with console.status(f"running the nightly DAG as of {as_of} (log: {folder / 'dag.log'}) ..."):
-                figures = run_nightly(env, as_of, conf, folder / "dag.log")
+                figures = run_nightly(env, as_of, params, folder / "dag.log")
     finally:
         api.stop()
     rows = [(task, figures["tasks"][task]["state"], figures["tasks"][task]["seconds"])
@@ -187,12 +203,14 @@ def main(
     rows.append(("whole run, first task start to last task end", figures["state"], figures["run_s"]))
     rows.append(("starting Airflow, parsing the DAG (not in the run)", "", figures["startup_s"]))
     target = "met" if figures["run_s"] < TARGET_S and figures["state"] == "success" else "missed"
-    how = ("through Airflow, LocalExecutor" if mode == "airflow" else "dag.test, one task after another") + (
-        ", quick" if quick else "")
+    how = (f"through Airflow, LocalExecutor, parallelism {parallelism or 'default'}" if mode == "airflow"
+           else "dag.test, one task after another") + (", quick" if quick else "") + (
+        f", {json.dumps(extra)}" if extra else "")
     console.print(summary_table(f"Nightly DAG as of {as_of} ({how}): target < "
                                 f"{TARGET_S:.0f} s {target}", rows, ["task", "state", "seconds"]))
     if as_json:
-        print_json_line({"as_of": as_of, "mode": mode, "quick": quick, "target_s": TARGET_S,
+        print_json_line({"as_of": as_of, "mode": mode, "quick": quick, "params": params,
+                         "parallelism": parallelism, "target_s": TARGET_S,
                          "cpus": os.cpu_count(),
                          **figures})
     if figures["state"] != "success":
