@@ -60,7 +60,7 @@ def bench_settings(folder: Path) -> Settings:
     return base.model_copy(update={
         "mongo_database": "finegrain_bench_nightly", "zookeeper_root": "/finegrain_bench_nightly",
         "redis_url": f"redis://{host}:{port}/2", "var_dir": folder / "var",
-        "event_archive": folder / "archive", "api_bind": API_BIND, "api_workers": 1,
+        "event_archive": str(folder / "archive"), "api_bind": API_BIND, "api_workers": 1,
         "airflow_port": AIRFLOW_PORT, "airflow_home": folder / "airflow"})
 
 
