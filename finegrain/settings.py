@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         "date) and the nightly ingest reads them: a folder, or a URI pyarrow.fs opens (s3://bucket/prefix, "
         "gs://bucket/prefix, hdfs://host/path; S3 options as query parameters, credentials from the AWS_* "
         "variables); unset: <var dir>/data/archive.")
+    tf_serving_model_dir: Path | None = Field(
+        None, description="TensorFlow Serving's model folder (a volume TF Serving also mounts; one "
+        "sub-folder per model name, as its model_base_path): publishing a TensorFlow ranker writes its "
+        "SavedModel version there before announcing it; unset: no deployment (TF in-process).")
     airflow_port: int = Field(
         18280, ge=1, le=65535, description="Port of the local Airflow's api-server (the UI and the "
         "execution API its tasks report to), always bound to 127.0.0.1.")
