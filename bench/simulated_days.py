@@ -21,7 +21,6 @@ Usage: .venv/bin/python bench/simulated_days.py [--days 3] [--conf JSON] [--json
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -35,6 +34,7 @@ import pandas as pd
 import typer
 from pydantic import SecretStr
 
+from cli.options import json_params
 from finegrain.apikeys import MAX_RATE_PER_S, KeyStore, Scope, bearer_headers
 from finegrain.console import console, print_json_line, summary_table
 from finegrain.data.ingest import ingest
@@ -45,7 +45,7 @@ from finegrain.events.archive import EventArchive
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
 from finegrain.stack.airflow import LocalAirflow
 from finegrain.stack.airflow_runs import AirflowRuns, DagRun
-from finegrain.storage.clients import mongo_client, zookeeper_client
+from finegrain.storage.namespace import drop_namespace
 from models.publishing import ModelPublisher
 from serving.process import ApiServer
 from serving.smoke import smoke_test
@@ -73,18 +73,6 @@ def bench_settings(folder: Path) -> Settings:
         "var_dir": folder / "var", "event_archive": str(folder / "archive"), "api_bind": API_BIND,
         "api_workers": 2, "airflow_port": AIRFLOW_PORT, "airflow_home": folder / "airflow",
         "stream_metrics_bind": "127.0.0.1:0"})
-
-
-def empty_namespace(settings: Settings) -> None:
-    """A previous run's registry and znodes would make the gate compare with them."""
-    zk = zookeeper_client(settings)
-    try:
-        zk.delete(settings.zookeeper_root, recursive=True)
-    finally:
-        zk.stop()
-    client = mongo_client(settings)
-    client.drop_database(settings.mongo_database)
-    client.close()
 
 
 def trading_days(events: pd.DataFrame, count: int) -> list[date]:
@@ -186,15 +174,10 @@ def main(
                        ] = False,
 ) -> None:
     """Replay a day through the API, run the nightly DAG for the next day, check what is served; repeat."""
-    try:
-        extra = json.loads(conf)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--conf") from None
-    if not isinstance(extra, dict):
-        raise typer.BadParameter("a JSON object of params, e.g. {}", param_hint="--conf")
+    extra = json_params(conf)
     folder = Path(tempfile.mkdtemp(prefix="finegrain-bench-days-"))
     settings = bench_settings(folder)
-    empty_namespace(settings)
+    drop_namespace(settings)
     source = get_settings().source_csv
     with console.status("reading the raw data (the shop's truth, replayed day by day) ..."):
         ingest(date.max, folder / "truth", sources=[source])

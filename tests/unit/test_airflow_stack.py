@@ -180,3 +180,15 @@ def test_a_process_tree_is_stopped_whole() -> None:
     assert not [pid for pid in pids if _running(pid)]
     # The one ignoring SIGTERM was killed once the grace period was over, not before.
     assert 1.5 <= time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(("conf", "message"), [("{not json", "not JSON"),
+                                               ('["as_of"]', "expected a JSON object of params")])
+def test_airflow_run_refuses_bad_conf_before_calling_airflow(conf: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["airflow", "run", "finegrain_nightly", "--conf", conf])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert repr(conf) in result.output  # the bad value, named
