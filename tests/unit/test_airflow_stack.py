@@ -24,7 +24,7 @@ from finegrain.stack.base import stop_process_tree
 @pytest.fixture(autouse=True)
 def _no_deployment_settings_in_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("FINEGRAIN_PYTHON", "FINEGRAIN_DATA_DIR", "FINEGRAIN_SPARK_SUBMIT",
-                 "AIRFLOW__CORE__PARALLELISM"):
+                 "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -73,6 +73,10 @@ def test_the_environment_passes_the_finegrain_settings_through(monkeypatch: pyte
     assert env["AIRFLOW__CORE__DEFAULT_TIMEZONE"] == "Europe/London"
     monkeypatch.delenv("AIRFLOW__CORE__PARALLELISM")
     assert airflow_environment(settings)["AIRFLOW__CORE__PARALLELISM"] == "4"
+    # Unchanged DAG files are parsed again every 5 minutes, not every 30 s, unless the shell says.
+    assert env["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "300"
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "30")
+    assert airflow_environment(settings)["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "30"
     # The DAGs' deployment settings that are no Settings fields are kept from the shell too.
     assert "FINEGRAIN_SPARK_SUBMIT" not in env
     monkeypatch.setenv("FINEGRAIN_SPARK_SUBMIT", "/opt/spark/bin/spark-submit")
