@@ -34,6 +34,14 @@ PRODUCE_SECONDS = Histogram("finegrain_event_produce_seconds", "Time from produc
                             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 
 
+# The broker no longer accepts this producer's id or epoch (seen after an outage: the idempotent
+# producer bumps its epoch when messages time out, and tansu then fences it on every later batch, which
+# librdkafka does not flag as fatal). Only a new producer, with a new id, gets its batches taken again.
+_PRODUCER_STATE_ERRORS = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                                    KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                    KafkaError.INVALID_PRODUCER_ID_MAPPING, KafkaError._FENCED})
+
+
 class BrokerUnavailable(Exception):
     """The broker did not take or acknowledge the batch in time; nothing may be reported as accepted."""
 
@@ -52,7 +60,7 @@ class _Deliveries:
         with self.lock:
             if error is not None:
                 self.errors.append(error.str())
-                self.fatal = self.fatal or error.fatal()
+                self.fatal = self.fatal or error.fatal() or error.code() in _PRODUCER_STATE_ERRORS
             self.pending -= 1
             if self.pending <= 0:
                 self.done.set()
@@ -148,8 +156,9 @@ class EventProducer:
             log.warning("could not queue %d dead letter(s) of refused events: %s", len(letters), exc)
 
     def _discard(self) -> None:
-        # After a fatal error (e.g. the idempotent producer lost its sequence state) the producer refuses
-        # every later message, so the next request builds a new one instead of failing forever.
+        # After a fatal error (e.g. the idempotent producer lost its sequence state) or a fenced id the
+        # producer refuses every later message, so the next request builds a new one instead of failing
+        # forever. The old one is not flushed: what it still holds was answered 503, never accepted.
         with self._lock:
             self._producer = None
         log.error("Kafka producer hit a fatal error; a new one will be created on the next batch")
