@@ -156,6 +156,6 @@ def create_app(settings: Settings | None = None, config: ServingConfig | None = 
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(services.runtime))
     app.add_route("/metrics", MetricsResource(Scope(settings.api_metrics_scope)))
-    app.add_route("/openapi.json", OpenApiResource(settings.api_metrics_scope))
+    app.add_route("/openapi.json", OpenApiResource(settings.api_metrics_scope, scenes=list(config.scenes)))
     app.services = services
     return app
