@@ -490,7 +490,8 @@ class FaultRun:
             elif outcome.status >= 400:
                 failures[f"{outcome.kind} {outcome.status}"] += 1
         degraded = Counter(self.phase(o) for o in recs if dependency_reasons(o))
-        down = [o for o in recs if self.phase(o) == "down" and o.status == 200]
+        # Answered while the dependency was truly gone: from its stop returning to its start beginning.
+        down = [o for o in recs if self.down_at <= o.started < self.starting_at and o.status == 200]
         reasons = Counter(r.split(":")[0] for o in recs for r in dependency_reasons(o))
         return {
             "dependency": self.fault.name, "what": self.fault.what,
@@ -498,10 +499,11 @@ class FaultRun:
             "failures": dict(sorted(failures.items())),
             "server_errors": sum(1 for o in self.outcomes if o.status is not None and o.status >= 500),
             "socket_errors": sum(1 for o in self.outcomes if o.status is None),
-            "degraded_down": degraded["down"], "answers_down": len(down),
+            "degraded_down": sum(1 for o in down if dependency_reasons(o)), "answers_down": len(down),
             "degraded_after": sum(1 for o in recs if self.phase(o) == "after" and dependency_reasons(o)
                                   and o.started >= self.restored_at + self.recovery_s()),
-            "degraded_before": degraded["before"], "degraded_reasons": dict(reasons),
+            "degraded_before": degraded["before"], "degraded_during": degraded["down"],
+            "degraded_reasons": dict(reasons),
             "slow": sum(1 for o in recs if any(slow_reason(r) for r in o.reasons)),
             "down_s": round(self.down_s, 2), "recovery_s": self.recovery_s(),
         }
