@@ -34,13 +34,14 @@ from typing import Annotated, Any
 import typer
 from pydantic import SecretStr
 
+from cli.options import json_params
 from finegrain.apikeys import KeyStore, Scope
 from finegrain.console import console, print_json_line, summary_table
 from finegrain.data.retail import clean_online_retail, dataset_counts
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
 from finegrain.stack.airflow import LocalAirflow
 from finegrain.stack.airflow_runs import AirflowRuns
-from finegrain.storage.clients import mongo_client, zookeeper_client
+from finegrain.storage.namespace import drop_namespace
 from serving.process import ApiServer
 
 RUNNER = PROJECT_ROOT / "tests" / "integration" / "dag_runner.py"
@@ -60,20 +61,8 @@ def bench_settings(folder: Path) -> Settings:
     return base.model_copy(update={
         "mongo_database": "finegrain_bench_nightly", "zookeeper_root": "/finegrain_bench_nightly",
         "redis_url": f"redis://{host}:{port}/2", "var_dir": folder / "var",
-        "event_archive": folder / "archive", "api_bind": API_BIND, "api_workers": 1,
+        "event_archive": str(folder / "archive"), "api_bind": API_BIND, "api_workers": 1,
         "airflow_port": AIRFLOW_PORT, "airflow_home": folder / "airflow"})
-
-
-def empty_namespace(settings: Settings) -> None:
-    """The registry and the znodes of a previous run would make the gate compare with them."""
-    zk = zookeeper_client(settings)
-    try:
-        zk.delete(settings.zookeeper_root, recursive=True)
-    finally:
-        zk.stop()
-    client = mongo_client(settings)
-    client.drop_database(settings.mongo_database)
-    client.close()
 
 
 def airflow_env(settings: Settings, folder: Path) -> dict[str, str]:
@@ -167,19 +156,14 @@ def main(
     """Time the nightly DAG, ingest to smoke test, on the real data."""
     if mode not in MODES:
         raise typer.BadParameter(f"choose {' or '.join(MODES)}, not {mode!r}", param_hint="--mode")
-    try:
-        extra = json.loads(conf)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--conf") from None
-    if not isinstance(extra, dict):
-        raise typer.BadParameter("a JSON object of params, e.g. {}", param_hint="--conf")
+    extra = json_params(conf)
     if as_of is None:
         with console.status("reading the raw data for its last purchase ..."):
             last = dataset_counts(clean_online_retail(get_settings().source_csv).events)["last_timestamp"]
         as_of = (last.date() + timedelta(days=1)).isoformat()
     folder = Path(tempfile.mkdtemp(prefix="finegrain-bench-nightly-"))
     settings = bench_settings(folder)
-    empty_namespace(settings)
+    drop_namespace(settings)
     with KeyStore(settings) as keys:  # the smoke test asks the API as a client does, with a key
         _, token, _ = keys.create("bench-nightly-smoke", [str(Scope.RECOMMEND)])
     settings = settings.model_copy(update={"api_key": SecretStr(token)})

@@ -49,8 +49,9 @@ from finegrain.features.history import epoch_ms
 from finegrain.features.realtime import Action, RealtimeConfig, fold
 from finegrain.schemas import EventType
 from finegrain.settings import PROJECT_ROOT, Settings, get_settings
-from finegrain.storage.clients import mongo_client, redis_client, zookeeper_client
+from finegrain.storage.clients import redis_client
 from finegrain.storage.contract import RedisKeys
+from finegrain.storage.namespace import drop_namespace
 from models.train_embeddings import train_register_publish as train_embeddings
 from models.train_ranker import train_register_publish as train_ranker
 from serving.process import ApiServer
@@ -201,7 +202,7 @@ def main(
     say = console.print
     events_path = base.events_path
     redis_client(settings).flushdb()
-    _drop(settings)
+    drop_namespace(settings)
     started = time.perf_counter()
     server = ApiServer(settings)
     try:
@@ -218,7 +219,7 @@ def main(
     finally:
         server.stop()
         redis_client(settings).flushdb()
-        _drop(settings)
+        drop_namespace(settings)
     table = {}
     for way in WAYS:
         table[f"{way}: every basket ({len(has_profile):,})"] = scores[way].means()
@@ -234,15 +235,6 @@ def main(
     console.print(f"plot: {plot(table, out)} ({time.perf_counter() - started:.0f} s in all)")
     if json:
         print_json_line({"split": split.isoformat(), "scene": scene, "baskets": len(baskets), "table": table})
-
-
-def _drop(settings: Settings) -> None:
-    client = mongo_client(settings)
-    client.drop_database(settings.mongo_database)
-    client.close()
-    zk = zookeeper_client(settings)
-    zk.delete(settings.zookeeper_root, recursive=True)
-    zk.stop()
 
 
 if __name__ == "__main__":

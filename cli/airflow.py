@@ -4,12 +4,11 @@ followed through its REST API (`finegrain.stack.airflow_runs`)."""
 
 from __future__ import annotations
 
-import json as json_module
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from cli.options import JsonOption
+from cli.options import JsonOption, json_params
 from finegrain.console import console, fail, print_json_line, step, summary_table
 from finegrain.dates import parse_as_of
 from finegrain.errors import FinegrainError, StackError
@@ -72,12 +71,7 @@ def run(
     task; a table of the tasks at the end; exit 1 if the run failed."""
     from finegrain.stack.airflow_runs import AirflowRuns
 
-    try:
-        params: Any = json_module.loads(conf)
-    except json_module.JSONDecodeError as exc:
-        raise fail(f"bad --conf {conf!r}: not JSON ({exc.msg})") from None
-    if not isinstance(params, dict):
-        raise fail(f"bad --conf {conf!r}: expected a JSON object of params")
+    params = json_params(conf)
     settings = get_settings()
     try:
         day = None if logical_date is None else parse_as_of(logical_date, "--date")

@@ -25,6 +25,7 @@ from finegrain.data.retail import (
 from finegrain.data.synthetic import SyntheticReport, generate_synthetic
 from finegrain.dates import parse_as_of
 from finegrain.errors import DataError
+from finegrain.events.archive import EventArchive
 from finegrain.settings import get_settings
 from finegrain.storage.catalog import publish_catalog
 
@@ -82,8 +83,9 @@ def ingest_command(
         "several. Default: FINEGRAIN_SOURCE_CSV.", show_default=False)] = None,
     no_source: Annotated[bool, typer.Option(
         "--no-source", help="Read no file drop (the event archive only).")] = False,
-    archive: Annotated[Path | None, typer.Option(
-        "--archive", help="The streaming sidecar's event archive. Default: FINEGRAIN_EVENT_ARCHIVE.",
+    archive: Annotated[str | None, typer.Option(
+        "--archive", help="The streaming sidecar's event archive, a folder or a URI (s3://bucket/prefix...). "
+        "Default: FINEGRAIN_EVENT_ARCHIVE.",
         show_default=False)] = None,
     no_archive: Annotated[bool, typer.Option("--no-archive", help="Read no event archive.")] = False,
     out: Annotated[Path | None, typer.Option(
@@ -108,9 +110,13 @@ def ingest_command(
     except DataError as exc:
         raise fail(str(exc)) from None
     sources = [] if no_source else list(source or [settings.source_csv])
-    archive_dir = None if no_archive else (archive if archive is not None else settings.event_archive_dir)
+    try:
+        event_archive = None if no_archive else EventArchive.at(
+            archive if archive is not None else settings.event_archive_location)
+    except DataError as exc:
+        raise fail(str(exc)) from None
     with _failing_cleanly(out_dir):
-        report = ingest(day, out_dir, sources=sources, archive=archive_dir, full=full, say=step)
+        report = ingest(day, out_dir, sources=sources, archive=event_archive, full=full, say=step)
     console.print(summary_table(f"Ingest as of {day}", _ingest_rows(report), _INGEST_COLUMNS))
     console.print(summary_table("Canonical events", [
         ("events before", report.events_before), ("events after", report.events_after),

@@ -279,8 +279,9 @@ def train_ranker_command(
         "--rounds", min=1, help="XGBoost: boosting rounds (default: the ranker's tuned setting).",
         show_default=False)] = None,
     objective: Annotated[str | None, typer.Option(
-        "--objective", help="XGBoost: binary:logistic, rank:ndcg or rank:pairwise; default: chosen on the "
-        "validation cut-off.", show_default=False)] = None,
+        "--objective", help="XGBoost: binary:logistic, rank:ndcg or rank:pairwise, or `published` (the "
+        "published version's; chosen when none is published); default: chosen on the validation cut-off.",
+        show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(
         "--epochs", min=1, help="TF: at most this many epochs (early stopping may end sooner).",
         show_default=False)] = None,
@@ -296,7 +297,7 @@ def train_ranker_command(
     json: JsonOption = False,
 ) -> None:
     """Train a ranker, evaluate it on the README protocol, register it, publish it if it passes its gate."""
-    from models.train_ranker import KINDS, train_register_publish
+    from models.train_ranker import KINDS, OBJECTIVE_CHOICES, train_register_publish
 
     if kind not in KINDS:
         raise fail(f"--kind {kind!r}: choose {' or '.join(KINDS)}")
@@ -308,8 +309,8 @@ def train_ranker_command(
     events_path = events if events is not None else settings.events_path
     if not events_path.exists():
         raise fail(f"no events at {events_path}: run `finegrain data load` (or pass --events PATH)")
-    if objective is not None and objective not in ("binary:logistic", "rank:ndcg", "rank:pairwise"):
-        raise fail(f"--objective {objective!r}: choose binary:logistic, rank:ndcg or rank:pairwise")
+    if objective is not None and objective not in OBJECTIVE_CHOICES:
+        raise fail(f"--objective {objective!r}: choose {', '.join(OBJECTIVE_CHOICES)}")
     if training_set is not None and max_users is not None:
         raise fail("--max-users samples the users of a training set built here: not with --training-set")
     try:

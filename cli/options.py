@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,3 +35,15 @@ def name_versions(texts: Iterable[str], what: str) -> dict[str, str]:
             raise fail(f"two {what}s for {name}: give one version per model")
         found[name] = version
     return found
+
+
+def json_params(text: str, option: str = "--conf") -> dict[str, Any]:
+    """A DAG run's params given as one JSON object (`airflow run --conf`, the nightly benchmarks); a
+    CLI error naming the option and the bad value otherwise."""
+    try:
+        params: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"bad {option} {text!r}: not JSON ({exc.msg})") from None
+    if not isinstance(params, dict):
+        raise fail(f"bad {option} {text!r}: expected a JSON object of params")
+    return params

@@ -143,7 +143,7 @@ def spark_submit(task_id: str, application: str, arguments: list[str], **kwargs:
 # logical date, the configured path or the training code's own setting; quick values make a test run
 # short.
 
-OBJECTIVES = [None, "binary:logistic", "rank:ndcg", "rank:pairwise"]
+OBJECTIVES = [None, "binary:logistic", "rank:ndcg", "rank:pairwise", "published"]
 AS_OF_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
 
 
@@ -166,18 +166,23 @@ def training_params() -> dict[str, Param]:
         "max_users": _count("Rankers: users drawn per training cut-off (a quick run);"),
         "xgboost_rounds": _count("XGBoost ranker: boosting rounds;"),
         "xgboost_objective": Param(None, type=["null", "string"], enum=OBJECTIVES, description="XGBoost "
-                                   "ranker: the objective; empty: chosen on the validation cut-off."),
+                                   "ranker: the objective, or `published` (the serving version's); empty: "
+                                   "the nightly run keeps the published version's, the retrain chooses one "
+                                   "on the validation cut-off."),
         "tf_epochs": _count("TensorFlow ranker: at most this many epochs;"),
         "als_factors": _count("Embeddings: ALS factors;"),
         "als_iterations": _count("Embeddings: ALS iterations;"),
     }
 
 
-def ranker_arguments(kind: str, params: Mapping[str, Any]) -> list[str]:
-    """`finegrain models train-ranker` options for the hyper-parameter params that are set."""
+def ranker_arguments(kind: str, params: Mapping[str, Any], default_objective: str | None = None
+                     ) -> list[str]:
+    """`finegrain models train-ranker` options for the hyper-parameter params that are set;
+    `default_objective` when the objective param is not."""
     if kind == "xgboost":
+        objective = params.get("xgboost_objective") or default_objective
         return (["--rounds", str(params["xgboost_rounds"])] if params.get("xgboost_rounds") else []) + (
-            ["--objective", params["xgboost_objective"]] if params.get("xgboost_objective") else [])
+            ["--objective", objective] if objective else [])
     return ["--epochs", str(params["tf_epochs"])] if params.get("tf_epochs") else []
 
 

@@ -12,7 +12,8 @@ its midnight UTC.
   and switches to it;
 - `training_set`: the rankers' point-in-time training set as of D (`spark_jobs/training_set.py`);
 - the three training tasks train as of D, evaluate, and register without publishing (`--no-publish`);
-  each returns the version it registered;
+  each returns the version it registered. XGBoost keeps the published version's objective (chosen on
+  the validation cut-off on the first night, or by a retrain);
 - `gate`: `finegrain models gate` decides for the three versions together against what serves now.
   A refusal fails the task with each reason in its log, and nothing of the night is published (the
   previous versions keep serving); a pinned model's version is held, not published, and not a failure;
@@ -58,6 +59,9 @@ from finegrain_deployment import (
 # The jobs of spark_jobs.JOBS (a test checks they are the same): features first, the others after it.
 OFFLINE_JOBS = ("features", "content_index", "item_similarity", "popularity")
 TRAINING_SET = training_set_path("nightly")
+# The nightly retrain keeps the serving XGBoost version's objective instead of choosing it again each
+# night (that choice is three fits, most of the task's time); the retrain DAG chooses.
+NIGHTLY_OBJECTIVE = "published"
 
 
 def _params() -> dict[str, Any]:
@@ -91,9 +95,9 @@ def train_ranker_tf(as_of: str, training_set: str) -> dict[str, Any]:
 
 
 def _train_ranker(kind: str, as_of: str, training_set: str) -> dict[str, Any]:
+    hyper_parameters = ranker_arguments(kind, _params(), NIGHTLY_OBJECTIVE)
     return run_finegrain(["models", "train-ranker", "--kind", kind, "--as-of", as_of, "--training-set",
-                          training_set, "--events", DATA_EVENTS, *ranker_arguments(kind, _params()),
-                          "--no-publish", "--json"])
+                          training_set, "--events", DATA_EVENTS, *hyper_parameters, "--no-publish", "--json"])
 
 
 @task(task_id="train_embeddings", retries=0, execution_timeout=pendulum.duration(minutes=60))

@@ -93,9 +93,15 @@ class Settings(BaseSettings):
     stream_metrics_bind: str = Field(
         "127.0.0.1:18091", description="host:port of the streaming sidecar's Prometheus /metrics (port 0: "
         "any free port, written to its status file).")
-    event_archive: Path | None = Field(
+    event_archive: str | None = Field(
         None, description="Where the streaming sidecar appends every accepted event (Parquet by event "
-        "date); unset: <var dir>/data/archive.")
+        "date) and the nightly ingest reads them: a folder, or a URI pyarrow.fs opens (s3://bucket/prefix, "
+        "gs://bucket/prefix, hdfs://host/path; S3 options as query parameters, credentials from the AWS_* "
+        "variables); unset: <var dir>/data/archive.")
+    tf_serving_model_dir: Path | None = Field(
+        None, description="TensorFlow Serving's model folder (a volume TF Serving also mounts; one "
+        "sub-folder per model name, as its model_base_path): publishing a TensorFlow ranker writes its "
+        "SavedModel version there before announcing it; unset: no deployment (TF in-process).")
     airflow_port: int = Field(
         18280, ge=1, le=65535, description="Port of the local Airflow's api-server (the UI and the "
         "execution API its tasks report to), always bound to 127.0.0.1.")
@@ -154,9 +160,10 @@ class Settings(BaseSettings):
         return self.retail_dir / CATALOG_FILE
 
     @property
-    def event_archive_dir(self) -> Path:
-        """The streaming sidecar's event archive (`docs/storage.md`: the archive layout)."""
-        return self.event_archive if self.event_archive is not None else self.data_dir / "archive"
+    def event_archive_location(self) -> str:
+        """The streaming sidecar's event archive, a folder or a URI (`finegrain.events.archive`;
+        `docs/storage.md`: the archive layout)."""
+        return self.event_archive if self.event_archive is not None else str(self.data_dir / "archive")
 
     @property
     def airflow_dir(self) -> Path:

@@ -17,6 +17,9 @@ version is published only if it passes its quality gate against the version the 
 reason recorded (`gate` in its registry document). Writes to the znode are compare-and-set on the
 znode's version, so two publishers racing cannot silently overwrite each other's decision.
 
+A TensorFlow model is also written into TF Serving's model folder when FINEGRAIN_TF_SERVING_MODEL_DIR
+names one (`models.tf_serving.deploy`), before the znode is: publish, rollback and pin alike.
+
 Rollback re-publishes the most recently published version before the current one and marks the
 current one withdrawn, so repeated rollbacks walk further back instead of swapping two versions.
 """
@@ -39,6 +42,7 @@ from finegrain.settings import Settings
 from finegrain.storage.clients import zookeeper_client
 from finegrain.storage.contract import ZkPaths
 from models.registry import ModelEntry, ModelRegistry, RegistryError, check_name, snapshot_dict
+from models.tf_serving import deploy, saved_model_version
 
 DEFAULT_GATE_METRIC = "ndcg@20"
 DEFAULT_TOLERANCE = 0.01
@@ -280,12 +284,13 @@ class ModelPublisher:
                       "or publish with --force")
             self.registry.set_flags(name, version, gate=reason)
             return PublishResult(name, version, False, False, reason, previous, refused=True)
-        self.registry.fetch_artifact(entry.manifest)  # raises CorruptArtifactError before any write
+        data = self.registry.fetch_artifact(entry.manifest)  # raises CorruptArtifactError before any write
         decision = evaluate_gate(entry.manifest, current, tolerance)
         if not decision.passed and not force:
             self.registry.set_flags(name, version, gate=f"refused: {decision.reason}")
             return PublishResult(name, version, False, False, decision.reason, previous, decision,
                                  refused=True)
+        self._deploy(entry.manifest, data, current)
         self._write(name, entry.manifest, stat)
         self._mark_published(entry)
         if pinned is not None:
@@ -313,7 +318,7 @@ class ModelPublisher:
                                 f"{current.version}")
         never = datetime.min.replace(tzinfo=UTC)
         target = max(earlier, key=lambda entry: (entry.published_at or never, entry.version))
-        self.registry.fetch_artifact(target.manifest)
+        self._deploy(target.manifest, self.registry.fetch_artifact(target.manifest), current)
         self._write(name, target.manifest, stat)
         self._mark_published(target)
         self.registry.set_flags(name, current.version, withdrawn=True, gate="withdrawn by a rollback")
@@ -332,7 +337,7 @@ class ModelPublisher:
         previous = None if current is None else current.version
         changed = previous != version
         if changed:
-            self.registry.fetch_artifact(entry.manifest)
+            self._deploy(entry.manifest, self.registry.fetch_artifact(entry.manifest), current)
             self._write(name, entry.manifest, stat)
             self._mark_published(entry)
         self.registry.clear_flag(name, "pinned", keep=version)
@@ -362,6 +367,21 @@ class ModelPublisher:
         except NoNodeError:
             published = []
         return sorted(set(self.registry.names()) | set(published))
+
+    def _deploy(self, manifest: ModelManifest, data: bytes, current: ModelManifest | None) -> None:
+        """A TensorFlow model into TF Serving's model folder (FINEGRAIN_TF_SERVING_MODEL_DIR, when set)
+        before the znode announces it: a worker that loads it finds TF Serving serving that version. The
+        version published before stays there for the workers that have not swapped yet."""
+        model_dir = self.settings.tf_serving_model_dir
+        if model_dir is None or manifest.framework.lower() != "tensorflow":
+            return
+        keep = None
+        if current is not None and current.framework.lower() == "tensorflow":
+            try:
+                keep = saved_model_version(self.registry.fetch_artifact(current))
+            except RegistryError:  # the old version's artifact is gone or bad: nothing to keep
+                keep = None
+        deploy(model_dir, manifest, data, keep)
 
     def _write(self, name: str, manifest: ModelManifest, stat: ZnodeStat | None) -> None:
         path = self.paths.model(name)

@@ -27,7 +27,7 @@ from finegrain.training.training_set import TrainingSet
 from models.evaluate_rankers import RankerEvaluation, TFEvaluation, evaluate, evaluate_tf
 from models.publishing import ModelPublisher, PublishResult, run_summary
 from models.registry import ModelRegistry, file_sha256
-from models.xgboost_ranker import RankerConfig
+from models.xgboost_ranker import OBJECTIVES, RankerConfig
 
 KINDS = ("xgboost", "tf")
 MODEL_NAMES = {"xgboost": "ranker_xgboost", "tf": "ranker_tf"}
@@ -56,6 +56,28 @@ def serving_version(now: datetime | None = None) -> int:
     """The SavedModel's numeric folder: seconds since the epoch, so the versions of successive runs
     copied into one TF Serving base path sort in training order (TF Serving serves the highest)."""
     return int((now or datetime.now(UTC)).timestamp())
+
+
+# `objective="published"`: the objective of the version serving now, so a nightly retrain refits the
+# chosen recipe on new data instead of choosing it again (three fits on the validation cut-off: most of
+# the XGBoost task's time); chosen on the validation cut-off when nothing is published yet. Choosing
+# again is the retrain DAG's job, or `--objective` unset.
+PUBLISHED_OBJECTIVE = "published"
+OBJECTIVE_CHOICES = (*OBJECTIVES, PUBLISHED_OBJECTIVE)
+
+
+def published_objective(settings: Settings, name: str, say: Any = print) -> str | None:
+    """The objective the published version of `name` was trained with; None (choose one) if none is
+    published or it names no known objective."""
+    with ModelPublisher(settings) as publisher:
+        manifest, _ = publisher.published(name)
+    objective = None if manifest is None else manifest.params.get("objective")
+    if objective in OBJECTIVES:
+        say(f"objective {objective}, as the published {name} {manifest.version}"  # type: ignore[union-attr]
+            " (not chosen again)")
+        return objective
+    say(f"no published {name} names its objective: choosing one on the validation cut-off")
+    return None
 
 
 def train_register_publish(
@@ -93,6 +115,8 @@ def train_register_publish(
     evaluation: RankerEvaluation | TFEvaluation
     if kind == "xgboost":
         config = RankerConfig() if rounds is None else RankerConfig(rounds=rounds)
+        if objective == PUBLISHED_OBJECTIVE:
+            objective = published_objective(settings, name, say)
         evaluation = evaluate(events, plan, config=config, objective=objective, max_users=max_users, say=say,
                               train=training_set)
         artifact = evaluation.artifact

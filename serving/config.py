@@ -70,6 +70,9 @@ class ServingConfig(BaseModel):
                                  "beyond it is a 409); every recommendation evaluates all of its scene's.")
     tf_serving_url: str | None = Field(
         None, description="TensorFlow Serving REST base URL (e.g. http://tfs:8501); unset: TF in-process.")
+    tf_serving_wait_s: float = Field(
+        30.0, ge=0, le=600, description="How long a worker loading the TF ranker waits for TF Serving to "
+        "report its version AVAILABLE (it polls its model folder) before refusing the load.")
 
     @model_validator(mode="after")
     def _default_scene_known(self) -> ServingConfig:

@@ -34,6 +34,11 @@ from serving.state import dataset_versions
 from serving.swap import required_models
 
 POLL_S = 0.5
+# A degraded answer is asked again this many times before it fails the test: a channel over its time
+# budget on a busy machine (a nightly run's last minutes) is a slow moment, not a broken deployment;
+# a degradation that lasts (a store down, a model missing) stays one on every attempt.
+DEGRADED_ATTEMPTS = 5
+DEGRADED_PAUSE_S = 1.0
 
 
 class SmokeTestError(FinegrainError):
@@ -88,7 +93,8 @@ def smoke_test(settings: Settings, user: str, *, expect: Mapping[str, str] | Non
     scenes = {scene.ranker: name for name, scene in config.scenes.items() if scene.ranker != "none"}
     with httpx.Client(base_url=url, timeout=10.0, headers=bearer_headers(settings)) as client:
         for ranker, scene in sorted(scenes.items()):
-            report.answers.append(_ask(client, user, scene, RANKER_MODELS[ranker], models, datasets))
+            report.answers.append(ask_scene(client, user, scene, RANKER_MODELS[ranker], models,
+                                                   datasets, say))
     return report
 
 
@@ -131,6 +137,23 @@ def _serving_problem(client: httpx.Client, workers: list[dict[str, Any]], models
     return ""
 
 
+class DegradedAnswer(SmokeTestError):
+    """The API answered, degraded."""
+
+
+def ask_scene(client: httpx.Client, user: str, scene: str, ranker: str, models: Mapping[str, str],
+                     datasets: Mapping[str, str], say: Callable[[str], object]) -> dict[str, Any]:
+    for attempt in range(1, DEGRADED_ATTEMPTS + 1):
+        try:
+            return {**_ask(client, user, scene, ranker, models, datasets), "attempts": attempt}
+        except DegradedAnswer as exc:
+            if attempt == DEGRADED_ATTEMPTS:
+                raise SmokeTestError(f"{exc} on each of {DEGRADED_ATTEMPTS} attempts") from None
+            say(f"{exc}; asking again ({attempt} of {DEGRADED_ATTEMPTS})")
+            time.sleep(DEGRADED_PAUSE_S)
+    raise AssertionError("unreachable")
+
+
 def _ask(client: httpx.Client, user: str, scene: str, ranker: str, models: Mapping[str, str],
          datasets: Mapping[str, str]) -> dict[str, Any]:
     try:
@@ -147,7 +170,7 @@ def _ask(client: httpx.Client, user: str, scene: str, ranker: str, models: Mappi
     body = response.json()
     where = f"user {user} in scene {scene}"
     if body.get("degraded"):
-        raise SmokeTestError(f"{where}: a degraded answer ({'; '.join(body.get('degraded_reasons', []))})")
+        raise DegradedAnswer(f"{where}: a degraded answer ({'; '.join(body.get('degraded_reasons', []))})")
     if body.get("cold_start"):
         raise SmokeTestError(f"{where}: a cold-start answer (is {user} in the features dataset?)")
     if body.get("ranker") != ranker or not body.get("items"):

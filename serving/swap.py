@@ -43,7 +43,7 @@ from finegrain.storage.workers import worker_states as worker_states
 from models.registry import ModelRegistry, RegistryError
 from serving import metrics
 from serving.config import ServingConfig
-from serving.ranking.loading import ModelLoadError, load_model
+from serving.ranking.loading import ModelLoadError, ModelServerUnavailable, load_model
 from serving.scenes import RANKER_MODELS
 from serving.state import (
     SERVED_DATASETS,
@@ -292,10 +292,15 @@ class Runtime:
         try:
             data = self.registry.fetch_artifact(manifest)  # checks the sha256
             model = load_model(manifest, data, tf_serving_url=self.config.tf_serving_url,
+                               tf_serving_wait_s=self.config.tf_serving_wait_s,
                                work_dir=_work_dir(self.settings))
         except Exception as exc:  # the old version keeps serving whatever went wrong
             if isinstance(exc, (RegistryError, ModelLoadError)):  # a bad version: refused for good
                 self.errors[name] = f"version {manifest.version} refused: {exc}"
+            elif isinstance(exc, ModelServerUnavailable):  # TF Serving down: try again in a while
+                self.errors[name] = (f"version {manifest.version} not loaded: {exc}; retrying every "
+                                     f"{LOAD_RETRY_SECONDS:g} s")
+                self._retry_later(name, manifest)
             else:  # the registry (MongoDB) unreachable: try again in a while
                 self.errors[name] = (f"version {manifest.version} not loaded: registry unreachable "
                                      f"({type(exc).__name__}); retrying every {LOAD_RETRY_SECONDS:g} s")

@@ -48,7 +48,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from finegrain.console import Step, quiet
 from finegrain.data.layout import EVENTS_FILE, WATERMARK_FILE
@@ -63,7 +62,7 @@ from finegrain.data.retail import (
 )
 from finegrain.dates import as_of_ms
 from finegrain.errors import DataError
-from finegrain.events.archive import archive_files
+from finegrain.events.archive import EventArchive
 
 FILE_DROP = "file drop"
 ARCHIVE = "archive"
@@ -160,7 +159,7 @@ def read_watermark(out_dir: Path) -> Watermark | None:
                         "`finegrain data ingest --full`, to read every source again") from None
 
 
-def ingest(as_of: date, out_dir: Path, *, sources: Sequence[Path] = (), archive: Path | None = None,
+def ingest(as_of: date, out_dir: Path, *, sources: Sequence[Path] = (), archive: EventArchive | None = None,
            full: bool = False, say: Step = quiet) -> IngestReport:
     """Merge what `sources` (file drops) and `archive` hold before `as_of` and the watermark does not
     cover into the canonical events of `out_dir` (events, catalogue, report, then the watermark)."""
@@ -191,8 +190,8 @@ def ingest(as_of: date, out_dir: Path, *, sources: Sequence[Path] = (), archive:
         counts.append(source_counts)
         parts.append(kept)
     if archive is not None:
-        say(f"archive {archive}")
-        taken, source_counts = _take_archive(Path(archive), as_of, cutoff, mark)
+        say(f"archive {archive.name}")
+        taken, source_counts = _take_archive(archive, as_of, cutoff, mark)
         kept, known = _drop_known(taken, known, source_counts)
         counts.append(source_counts)
         parts.append(kept)
@@ -251,24 +250,29 @@ def _take_file(path: Path, as_of: date, cutoff: int, mark: Watermark) -> tuple[p
     return events.filter(pa.array(window)), counts
 
 
-def _take_archive(archive: Path, as_of: date, cutoff: int, mark: Watermark) -> tuple[pa.Table, SourceCounts]:
+def _take_archive(archive: EventArchive, as_of: date, cutoff: int, mark: Watermark
+                  ) -> tuple[pa.Table, SourceCounts]:
     """The purchases of the archive's files of dates before the as-of date not taken yet."""
-    key = str(archive.resolve())
+    key = archive.name
     counts = SourceCounts(key, ARCHIVE)
-    if not archive.is_dir():
+    try:
+        files = archive.files()
+    except OSError as exc:  # an unreachable object store, a folder we may not read
+        raise DataError(f"event archive {archive.name} cannot be listed: {exc}") from None
+    if not files:
         counts.note = "no archive yet (the streaming sidecar has written nothing)"
         return EVENTS_SCHEMA.empty_table(), counts
     taken = dict(mark.archive.get(key, {}))
     tables = []
-    for file in archive_files(archive):
+    for file in files:
         day = file.event_date.isoformat()
         if file.event_date >= as_of:
-            counts.later += pq.ParquetFile(file.path).metadata.num_rows
+            counts.later += archive.count_rows(file)
             continue
         if file.batch_id <= taken.get(day, -1):
             continue
         try:
-            table = pq.read_table(file.path, schema=EVENTS_SCHEMA)
+            table = archive.read_file(file)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"archive file {file.path} is unreadable: {exc}") from None
         counts.files += 1

@@ -22,13 +22,12 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import redis
 from google.protobuf.message import DecodeError
 
 from finegrain.codecs import encode
-from finegrain.events.archive import write_batch
+from finegrain.events.archive import EventArchive
 from finegrain.events.validation import check_stored_event
 from finegrain.features.realtime import Action, RealtimeConfig, fold
 from finegrain.features.user import ItemLookup
@@ -96,7 +95,8 @@ class ItemLookups:
 class BatchProcessor:
     """What the sidecar's `foreachBatch` calls; holds the clients for the life of the query."""
 
-    def __init__(self, settings: Settings, archive: Path, config: RealtimeConfig | None = None) -> None:
+    def __init__(self, settings: Settings, archive: EventArchive, config: RealtimeConfig | None = None
+                 ) -> None:
         self.settings = settings
         self.archive = archive
         self.config = config or RealtimeConfig()
@@ -131,7 +131,7 @@ class BatchProcessor:
                 accepted.append((record, event))
         outcome.accepted = len(accepted)
         if accepted:
-            outcome.archived = write_batch(self.archive, batch_id, [event for _, event in accepted])
+            outcome.archived = self.archive.write_batch(batch_id, [event for _, event in accepted])
             outcome.users = self._update_profiles(accepted)
             outcome.newest_event_ms = max(event.timestamp_ms for _, event in accepted)
         if outcome.dead_letters:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finegrain.errors import FinegrainError
+from finegrain.events.archive import EventArchive
 from finegrain.settings import PROJECT_ROOT, Settings
 from finegrain.storage.contract import KafkaTopics
 from spark_jobs.stream.kafka_source import topic_end_offsets
@@ -48,6 +49,7 @@ class SidecarProcess:
         running = self.pid()
         if running is not None:
             return running
+        EventArchive.at(self.settings.event_archive_location)  # a malformed location fails here, named
         self.settings.stream_dir.mkdir(parents=True, exist_ok=True)
         started_at = time.time()
         with self.log_path.open("ab") as log:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from finegrain.events.archive import EventArchive
 from finegrain.features.realtime import RealtimeConfig
 from finegrain.settings import Settings, get_settings
 from finegrain.storage.contract import KafkaTopics
@@ -88,7 +89,7 @@ class Sidecar:
         self.stopping = threading.Event()
         self.status: dict[str, Any] = {
             "state": "starting", "pid": os.getpid(), "started_at": _now(), "topic":
-            KafkaTopics(settings.kafka_topic_prefix).events, "archive": str(settings.event_archive_dir),
+            KafkaTopics(settings.kafka_topic_prefix).events, "archive": settings.event_archive_location,
             "checkpoint": str(checkpoint_path(settings)), "batches": 0, "records": 0, "accepted": 0,
             "dead_letters": 0, "repeated": 0, "offsets": {}, "last_batch": None}
         # Totals and offsets go on from the previous run's (a batch it reported but did not commit is
@@ -112,7 +113,8 @@ class Sidecar:
         self.status["metrics"] = f"http://{host}:{metrics.serve(settings)}/metrics"
         self._write_status()
         spark = spark_session(settings, app_name="finegrain-sidecar", shuffle_partitions=2)
-        processor = BatchProcessor(settings, settings.event_archive_dir, self.config.realtime)
+        processor = BatchProcessor(settings, EventArchive.at(settings.event_archive_location),
+                                   self.config.realtime)
         frame = read_stream(spark, settings, KafkaTopics(settings.kafka_topic_prefix).events,
                             max_records_per_batch=self.config.max_records_per_batch)
 

@@ -19,7 +19,8 @@ from finegrain.data.retail import load_online_retail
 from finegrain.settings import Settings, get_settings
 from finegrain.spark import spark_session
 from finegrain.stack import ServiceStatus, services, spark_cluster
-from finegrain.storage.clients import mongo_client, redis_client, zookeeper_client
+from finegrain.storage.clients import redis_client
+from finegrain.storage.namespace import drop_namespace
 
 # Redis databases the test sessions may claim, one each, so runs side by side don't flush each other.
 REDIS_TEST_DBS = range(3, 16)
@@ -58,17 +59,6 @@ def own_namespace(base: Settings) -> Iterator[Settings]:
     finally:
         redis_client(test_settings).flushdb()
         drop_namespace(test_settings)
-
-
-def drop_namespace(settings: Settings) -> None:
-    """Delete a test's ZooKeeper root and Mongo database (its Redis database is flushed by its owner)."""
-    zk = zookeeper_client(settings)
-    zk.delete(settings.zookeeper_root, recursive=True)
-    zk.stop()
-    client = mongo_client(settings)
-    client.drop_database(settings.mongo_database)
-    client.close()
-
 
 def _claim_redis_db(host: str, port: int, run: str) -> int:
     """An empty Redis database no other test session holds; the claim expires if a session dies."""

@@ -25,7 +25,7 @@ from finegrain.apikeys import Scope
 from finegrain.data.ingest import read_watermark
 from finegrain.data.replay import replay_events
 from finegrain.data.retail import read_events, read_events_table
-from finegrain.events.archive import write_batch
+from finegrain.events.archive import EventArchive
 from finegrain.events.validation import validate_event
 from finegrain.schemas import BehaviorEvent
 from finegrain.settings import Settings
@@ -82,7 +82,7 @@ def nightly_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactor
     own = settings.model_copy(update={
         "mongo_database": settings.mongo_database + "_nightly",
         "zookeeper_root": settings.zookeeper_root + "_nightly",
-        "var_dir": folder / "var", "event_archive": folder / "archive",
+        "var_dir": folder / "var", "event_archive": str(folder / "archive"),
         "api_bind": API_BIND, "api_workers": 1})
     yield own
     drop_namespace(own)
@@ -99,7 +99,7 @@ def airflow_env(nightly_settings: Settings, recommend_key: str, tmp_path_factory
                 ) -> dict[str, str]:
     home = tmp_path_factory.mktemp("airflow")
     env = migrated_airflow_env(nightly_settings, home, nightly_settings.var_dir)
-    env.update({"FINEGRAIN_EVENT_ARCHIVE": str(nightly_settings.event_archive_dir),
+    env.update({"FINEGRAIN_EVENT_ARCHIVE": nightly_settings.event_archive_location,
                 "FINEGRAIN_API_BIND": API_BIND, "FINEGRAIN_API_WORKERS": "1",
                 "FINEGRAIN_API_KEY": recommend_key})
     return env
@@ -156,8 +156,9 @@ def archive_a_replayed_day(settings: Settings, retail_data: Path) -> dict[str, i
     now_ms = int(time.time() * 1000)
     events = [validate_event(raw, index, now_ms) for index, raw in enumerate(planned)]
     assert all(isinstance(event, BehaviorEvent) for event in events)
+    archive = EventArchive.at(settings.event_archive_location)
     for batch, start in enumerate(range(0, len(events), 500)):
-        write_batch(settings.event_archive_dir, batch, events[start:start + 500])  # type: ignore[arg-type]
+        archive.write_batch(batch, events[start:start + 500])  # type: ignore[arg-type]
     purchases = sum(1 for raw in planned if raw["type"] == "purchase")
     return {"purchases": purchases, "other": len(planned) - purchases}
 

@@ -29,6 +29,7 @@ from finegrain.storage.clients import mongo_database, zookeeper_client
 from finegrain.storage.contract import MongoCollections, ZkPaths
 from models.publishing import GATE_HELD, GATE_PASSED, GATE_REFUSED, ModelPublisher
 from models.registry import CorruptArtifactError, ModelRegistry, RegistryError, sha256_hex, untar_artifact
+from models.train_ranker import published_objective
 from tests.integration.sample import SPLIT_DATE
 
 pytestmark = pytest.mark.integration
@@ -312,3 +313,21 @@ def test_cli_lists_refuses_with_the_reason_and_reports_status(
     assert pinned.exit_code == 0, pinned.output
     assert runner.invoke(root, ["models", "unpin", name]).exit_code == 0
     assert runner.invoke(root, ["models", "rollback", name]).exit_code == 2  # nothing earlier
+
+
+def test_a_nightly_retrain_keeps_the_published_objective(settings: Settings, trained: Models) -> None:
+    """`train-ranker --objective published` (the nightly DAG's): the serving version's objective, or
+    None (choose one) when nothing is published."""
+    name = "bulk_lines_objective"
+    said: list[str] = []
+    assert published_objective(settings, name, said.append) is None
+    assert "choosing one on the validation cut-off" in said[-1]
+    registry = ModelRegistry(settings)
+    manifest = registry.register(name, trained.good.artifact, features=trained.good.features,
+                                 metrics={"AUC": trained.good.auc},
+                                 params={"gate_metric": "auc", "objective": "rank:pairwise"},
+                                 data_snapshot=trained.snapshot, framework="xgboost")
+    with ModelPublisher(settings) as publisher:
+        assert publisher.publish(name, manifest.version).changed
+    assert published_objective(settings, name, said.append) == "rank:pairwise"
+    assert manifest.version in said[-1] and "not chosen again" in said[-1]

@@ -65,6 +65,11 @@ for model in ("ranker_xgboost", "ranker_tf", "embeddings_als"):
         **{task: tasks[task].render_template(tasks[task].op_kwargs, context)
            for task in ("train_ranker", "train_embeddings")},
         "ranker_arguments": {kind: deployment.ranker_arguments(kind, params) for kind in ("xgboost", "tf")},
+        # The nightly DAG's default objective, and an objective param overriding it.
+        "nightly_arguments": [
+            deployment.ranker_arguments("xgboost", params, "published"),
+            deployment.ranker_arguments("xgboost", {**params, "xgboost_objective": "rank:ndcg"},
+                                        "published")],
         "embedding_arguments": deployment.embedding_arguments({**params, "als_iterations": 3}),
     }
 try:
@@ -116,6 +121,8 @@ def test_rendered_ranker_tasks_share_the_training_set(inspected: dict[str, Any])
                                             "events": "/data/ev.parquet"}
     arguments = inspected["rendered"]["ranker_xgboost"]["ranker_arguments"]
     assert arguments == {"xgboost": ["--rounds", "7"], "tf": ["--epochs", "2"]}
+    assert inspected["rendered"]["ranker_xgboost"]["nightly_arguments"] == [
+        ["--rounds", "7", "--objective", "published"], ["--rounds", "7", "--objective", "rank:ndcg"]]
 
 
 def test_embeddings_take_the_date_and_their_own_hyper_parameters(inspected: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from finegrain.codecs import decode, encode
 from finegrain.data.ingest import ARCHIVE, ingest
 from finegrain.data.replay import Replayer, replay_events, summarise
 from finegrain.data.retail import read_events
-from finegrain.events.archive import read_archive
+from finegrain.events.archive import EventArchive
 from finegrain.schemas import BehaviorEvent, DeadLetter, EventType, RealtimeProfile
 from finegrain.settings import Settings
 from finegrain.storage.clients import ensure_topics, kafka_producer
@@ -203,7 +203,7 @@ def test_a_killed_sidecar_loses_nothing_and_counts_nothing_twice(
     wait_for(lambda: all(v == 0 for v in (sidecar.status().get("lag") or {"?": 1}).values()), 120,
              "the restarted sidecar to catch up with the topic")
 
-    archived = read_archive(stream_settings.event_archive_dir).to_pandas()
+    archived = EventArchive.at(stream_settings.event_archive_location).read().to_pandas()
     ours = archived[archived["event_id"].str.startswith("kill-")]
     assert len(ours) == len(produced) and set(ours["event_id"]) == set(produced)
     expected = Counter(event.user_id for event in produced.values())
@@ -226,7 +226,7 @@ def test_a_replayed_day_reaches_the_archive_and_the_profiles(
     assert summary.posted == len(planned) and summary.purchases > 1000 and summary.synthetic > 0
     wait_for(lambda: all(v == 0 for v in (sidecar.status().get("lag") or {"?": 1}).values()), 120,
              "the sidecar to fold the replayed day")
-    archived = read_archive(stream_settings.event_archive_dir).to_pandas()
+    archived = EventArchive.at(stream_settings.event_archive_location).read().to_pandas()
     replayed = archived[archived["event_id"].isin({e["event_id"] for e in planned})]
     assert len(replayed) == len(planned)
     assert set(replayed["timestamp"].dt.date.astype(str)) == {"2010-12-01"}
@@ -241,7 +241,7 @@ def test_a_replayed_day_reaches_the_archive_and_the_profiles(
     # clicks stay in the archive; the other tests' events of today wait for a later date.
     out = tmp_path / "ingested"
     report = ingest(date(2010, 12, 2), out, sources=[stream_settings.source_csv],
-                    archive=stream_settings.event_archive_dir)
+                    archive=EventArchive.at(stream_settings.event_archive_location))
     sources = {source.kind: source for source in report.sources}
     assert sources[ARCHIVE].duplicates == summary.purchases and sources[ARCHIVE].added == 0
     assert sources[ARCHIVE].other_types == summary.synthetic

@@ -24,7 +24,7 @@ from finegrain.stack.base import stop_process_tree
 @pytest.fixture(autouse=True)
 def _no_deployment_settings_in_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("FINEGRAIN_PYTHON", "FINEGRAIN_DATA_DIR", "FINEGRAIN_SPARK_SUBMIT",
-                 "AIRFLOW__CORE__PARALLELISM"):
+                 "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -73,6 +73,10 @@ def test_the_environment_passes_the_finegrain_settings_through(monkeypatch: pyte
     assert env["AIRFLOW__CORE__DEFAULT_TIMEZONE"] == "Europe/London"
     monkeypatch.delenv("AIRFLOW__CORE__PARALLELISM")
     assert airflow_environment(settings)["AIRFLOW__CORE__PARALLELISM"] == "4"
+    # Unchanged DAG files are parsed again every 5 minutes, not every 30 s, unless the shell says.
+    assert env["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "300"
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "30")
+    assert airflow_environment(settings)["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "30"
     # The DAGs' deployment settings that are no Settings fields are kept from the shell too.
     assert "FINEGRAIN_SPARK_SUBMIT" not in env
     monkeypatch.setenv("FINEGRAIN_SPARK_SUBMIT", "/opt/spark/bin/spark-submit")
@@ -180,3 +184,15 @@ def test_a_process_tree_is_stopped_whole() -> None:
     assert not [pid for pid in pids if _running(pid)]
     # The one ignoring SIGTERM was killed once the grace period was over, not before.
     assert 1.5 <= time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(("conf", "message"), [("{not json", "not JSON"),
+                                               ('["as_of"]', "expected a JSON object of params")])
+def test_airflow_run_refuses_bad_conf_before_calling_airflow(conf: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["airflow", "run", "finegrain_nightly", "--conf", conf])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert repr(conf) in result.output  # the bad value, named

@@ -19,7 +19,7 @@ from finegrain.data.ingest import ARCHIVE, FILE_DROP, ingest, read_watermark, wa
 from finegrain.data.layout import CATALOG_FILE, EVENTS_FILE, REPORT_FILE
 from finegrain.data.retail import load_online_retail, read_catalog, read_events
 from finegrain.errors import DataError
-from finegrain.events.archive import write_batch
+from finegrain.events.archive import EventArchive
 from finegrain.schemas import BehaviorEvent, EventContext, EventType
 from tests.unit.test_retail_loader import row, write_csv
 
@@ -52,17 +52,18 @@ def drop(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Path:
+def archive(tmp_path: Path) -> EventArchive:
     """What the sidecar would have archived: batch 0 replays invoice 500001 (same event id as the CSV
     line, no description) with a synthetic view before it; batch 1 has a client's new purchase and a
     click; batch 2 repeats that purchase (posted twice) and holds a purchase after the as-of date."""
-    folder = tmp_path / "archive"
-    write_batch(folder, 0, [event("500001-1:synthetic:0", EventType.VIEW, "2010-01-04 09:58:00"),
+    folder = EventArchive.at(tmp_path / "archive")
+    write_batch = folder.write_batch
+    write_batch(0, [event("500001-1:synthetic:0", EventType.VIEW, "2010-01-04 09:58:00"),
                             event("500001-1", EventType.PURCHASE, "2010-01-04 10:00:00", invoice="500001")])
-    write_batch(folder, 1, [event("app-1", EventType.PURCHASE, "2010-01-05 15:00:00", user="99999",
+    write_batch(1, [event("app-1", EventType.PURCHASE, "2010-01-05 15:00:00", user="99999",
                                   item="22423", invoice="web-1"),
                             event("app-2", EventType.CLICK, "2010-01-05 15:01:00", user="99999")])
-    write_batch(folder, 2, [event("app-1", EventType.PURCHASE, "2010-01-05 15:00:00", user="99999",
+    write_batch(2, [event("app-1", EventType.PURCHASE, "2010-01-05 15:00:00", user="99999",
                                   item="22423", invoice="web-1"),
                             event("app-3", EventType.PURCHASE, "2010-01-06 08:00:00", user="99999")])
     return folder
@@ -73,7 +74,7 @@ def by_kind(report: object) -> dict[str, dict[str, object]]:
 
 
 def test_a_run_merges_the_file_drop_and_the_archive_before_the_as_of_date(
-        drop: Path, archive: Path, tmp_path: Path) -> None:
+        drop: Path, archive: EventArchive, tmp_path: Path) -> None:
     out = tmp_path / "events"
     report = ingest(AS_OF, out, sources=[drop], archive=archive)
 
@@ -102,7 +103,7 @@ def test_a_run_merges_the_file_drop_and_the_archive_before_the_as_of_date(
 
 
 def test_rerunning_a_date_reads_nothing_and_rewrites_nothing(
-        drop: Path, archive: Path, tmp_path: Path) -> None:
+        drop: Path, archive: EventArchive, tmp_path: Path) -> None:
     out = tmp_path / "events"
     ingest(AS_OF, out, sources=[drop], archive=archive)
     before = {name: (out / name).stat().st_mtime_ns for name in (EVENTS_FILE, CATALOG_FILE)}
@@ -119,11 +120,11 @@ def test_rerunning_a_date_reads_nothing_and_rewrites_nothing(
 
 
 def test_the_next_day_takes_what_was_later_and_what_arrived_late(
-        drop: Path, archive: Path, tmp_path: Path) -> None:
+        drop: Path, archive: EventArchive, tmp_path: Path) -> None:
     out = tmp_path / "events"
     ingest(AS_OF, out, sources=[drop], archive=archive)
     # The sidecar goes on: a purchase of the 5th arrives late (a higher batch id in an old date).
-    write_batch(archive, 3, [event("late-1", EventType.PURCHASE, "2010-01-05 23:59:00", user="77777")])
+    archive.write_batch(3, [event("late-1", EventType.PURCHASE, "2010-01-05 23:59:00", user="77777")])
 
     report = ingest(date(2010, 1, 8), out, sources=[drop], archive=archive)
 
@@ -136,13 +137,13 @@ def test_the_next_day_takes_what_was_later_and_what_arrived_late(
     assert sources[ARCHIVE]["files"] == 2 and sources[ARCHIVE]["added"] == 2
     mark = read_watermark(out)
     assert mark is not None and mark.as_of == "2010-01-08"
-    assert mark.archive[str(archive.resolve())] == {"2010-01-04": 0, "2010-01-05": 3, "2010-01-06": 2}
+    assert mark.archive[archive.name] == {"2010-01-04": 0, "2010-01-05": 3, "2010-01-06": 2}
     assert mark.files[str(drop.resolve())]["before"] == "2010-01-08"
     assert mark.events["rows"] == 7
 
 
 def test_an_earlier_date_after_a_later_one_keeps_the_events(
-        drop: Path, archive: Path, tmp_path: Path) -> None:
+        drop: Path, archive: EventArchive, tmp_path: Path) -> None:
     """Re-running an old day (a backfill) removes nothing: jobs read only what is before their date."""
     out = tmp_path / "events"
     ingest(date(2010, 1, 8), out, sources=[drop], archive=archive)
@@ -156,7 +157,7 @@ def test_an_earlier_date_after_a_later_one_keeps_the_events(
 
 
 def test_events_rewritten_under_the_watermark_are_read_again_without_duplicates(
-        drop: Path, archive: Path, tmp_path: Path) -> None:
+        drop: Path, archive: EventArchive, tmp_path: Path) -> None:
     out = tmp_path / "events"
     ingest(AS_OF, out, sources=[drop], archive=archive)
     load_online_retail(drop, out)  # `data load` replaces the events with the whole CSV
@@ -171,7 +172,7 @@ def test_events_rewritten_under_the_watermark_are_read_again_without_duplicates(
 
 
 def test_full_reads_every_source_again_and_adds_nothing_twice(
-        drop: Path, archive: Path, tmp_path: Path) -> None:
+        drop: Path, archive: EventArchive, tmp_path: Path) -> None:
     out = tmp_path / "events"
     ingest(AS_OF, out, sources=[drop], archive=archive)
     events = pq.read_table(out / EVENTS_FILE)
@@ -183,8 +184,9 @@ def test_full_reads_every_source_again_and_adds_nothing_twice(
     assert pq.read_table(out / EVENTS_FILE).equals(events)
 
 
-def test_the_archive_alone_and_staging_files_are_ignored(archive: Path, tmp_path: Path) -> None:
-    (archive / "event_date=2010-01-05" / ".batch-000000000009.parquet.abc.tmp").write_bytes(b"partial")
+def test_the_archive_alone_and_staging_files_are_ignored(archive: EventArchive, tmp_path: Path) -> None:
+    staging = Path(archive.root) / "event_date=2010-01-05" / ".batch-000000000009.parquet.abc.tmp"
+    staging.write_bytes(b"partial")
     out = tmp_path / "events"
 
     report = ingest(AS_OF, out, archive=archive)
@@ -198,7 +200,8 @@ def test_errors_name_the_problem(drop: Path, tmp_path: Path) -> None:
         ingest(AS_OF, tmp_path / "a", sources=[tmp_path / "nope.csv.gz"])
     nothing = r"nothing to ingest before 2009-06-01 \(file drop .*: 0 rows before it, 4 later; archive .*: no"
     with pytest.raises(DataError, match=nothing):
-        ingest(date(2009, 6, 1), tmp_path / "b", sources=[drop], archive=tmp_path / "no-archive")
+        ingest(date(2009, 6, 1), tmp_path / "b", sources=[drop],
+               archive=EventArchive.at(tmp_path / "no-archive"))
     out = tmp_path / "c"
     ingest(AS_OF, out, sources=[drop])
     watermark_path(out).write_text("{not json")
@@ -207,9 +210,9 @@ def test_errors_name_the_problem(drop: Path, tmp_path: Path) -> None:
 
 
 def test_cli_ingest_prints_rows_per_source_and_the_json_line(
-        drop: Path, archive: Path, tmp_path: Path) -> None:
+        drop: Path, archive: EventArchive, tmp_path: Path) -> None:
     out = tmp_path / "events"
-    args = ["data", "ingest", "--as-of", "2010-01-06", "--source", str(drop), "--archive", str(archive),
+    args = ["data", "ingest", "--as-of", "2010-01-06", "--source", str(drop), "--archive", archive.root,
             "--out", str(out), "--json"]
     result = CliRunner().invoke(app, args)
 
@@ -263,3 +266,16 @@ def test_the_watermark_is_readable_json_with_world_read(drop: Path, tmp_path: Pa
     mode = os.stat(watermark_path(out)).st_mode & 0o777
     assert mode == 0o644
     assert json.loads(watermark_path(out).read_text())["format"] == 1
+
+
+def test_an_archive_location_is_a_folder_or_a_uri(archive: EventArchive, tmp_path: Path) -> None:
+    by_uri = EventArchive.at(f"file://{archive.root}")
+    assert by_uri.is_local and by_uri.root == archive.root
+    assert [file.batch_id for file in by_uri.files()] == [file.batch_id for file in archive.files()]
+    assert by_uri.read().equals(archive.read())
+    # A relative folder is resolved, so the watermark names one archive however it was spelled.
+    assert EventArchive.at(os.path.relpath(archive.root)).name == archive.name
+    with pytest.raises(DataError, match=r"event archive 'nosuch://bucket/x'"):
+        EventArchive.at("nosuch://bucket/x")
+    assert not EventArchive.at(tmp_path / "nothing-yet").exists()
+    assert EventArchive.at(tmp_path / "nothing-yet").files() == []
