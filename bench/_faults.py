@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from finegrain.apikeys import MAX_RATE_PER_S, KeyStore
-from finegrain.events.archive import read_archive
+from finegrain.events.archive import EventArchive
 from finegrain.settings import Settings
 from finegrain.stack import LocalService, services
 from finegrain.stack.kafka import KafkaService
@@ -556,7 +556,7 @@ def acknowledged(outcomes: Sequence[Outcome]) -> list[str]:
 
 
 def archived_ids(settings: Settings) -> Counter[str]:
-    table = read_archive(settings.event_archive_dir)
+    table = EventArchive.at(settings.event_archive_location).read()
     return Counter(table.column("event_id").to_pylist())
 
 
