@@ -64,17 +64,22 @@ def _population(retail_data: Path) -> tuple[list[str], list[str]]:
     return users, items
 
 
+@pytest.mark.timeout(1800)  # six outages and a Spark restart: 4 minutes here, 10-15 at load 15
 def test_every_dependency_stopped_and_started_under_load(deployment: Deployment, retail_data: Path) -> None:
     users, items = _population(retail_data)
     load = Load(deployment.server.url, deployment.headers, users, items, rps=30, event_posts=8)
     runs: list[FaultRun] = []
+    sidecar = deployment.sidecar.pid()
     load.start()
     try:
         for fault in faults(deployment):
+            if fault.name == "sidecar":  # no outage before it may have stopped it
+                assert deployment.sidecar.pid() == sidecar, deployment.sidecar.log_tail()
             settle = sidecar_settle(deployment, load) if fault.name == "sidecar" else None
             runs.append(inject(fault, load, before_s=2.0, hold_s=HOLD_S, after_s=5.0, settle=settle))
     finally:
         outcomes = load.stop()
+    assert deployment.sidecar.pid() is not None, deployment.sidecar.log_tail()
     wait_archived(deployment.settings, acknowledged(outcomes), 120)
     accounting = event_accounting(runs, kafka_ids(deployment.settings), archived_ids(deployment.settings))
     summaries = {run.fault.name: run.summary() for run in runs}
