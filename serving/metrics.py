@@ -39,6 +39,9 @@ AUTH = Counter("finegrain_auth_total", "Requests by authentication outcome (open
 AUTH_CACHE = Counter("finegrain_auth_cache_total", "Key lookups by the verified-key cache: hit, miss (read "
                      "from MongoDB), stale (MongoDB unreachable, the cached record served), unavailable",
                      ["result"])
+ZOOKEEPER_CONNECTED = Gauge("finegrain_zookeeper_connected", "1 while the worker's ZooKeeper session is "
+                            "connected; 0: it serves the versions it has but receives no new ones",
+                            multiprocess_mode="liveall")
 SWAPS = Counter("finegrain_swaps_total", "Hot swaps by target and outcome", ["target", "outcome"])
 
 

@@ -4,13 +4,25 @@ operation's security requirement is the scope its resource declares, `serving.ap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import falcon
 
-from finegrain.events.schema import MAX_BODY_BYTES
+from finegrain.events.schema import (
+    MAX_BODY_BYTES,
+    MAX_CONTEXT_CHARS,
+    MAX_CONTEXT_EXTRA,
+    MAX_EVENTS,
+    MAX_ID_CHARS,
+    MAX_QUANTITY,
+    MIN_TIMESTAMP_MS,
+    TYPE_NAMES,
+)
 from serving.api.auth import ANY_KEY, Access
+from serving.api.params import ID_PATTERN
 from serving.api.recommendations import MAX_N
+from serving.api.rules import USER_ID_PATTERN
 from serving.rules.definition import MAX_ATOMS, MAX_DEPTH, RULE_NAME_PATTERN
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -61,6 +73,27 @@ def _open(operation: dict[str, Any]) -> dict[str, Any]:
 
 
 _RULE_NAME = {"type": "string", "pattern": RULE_NAME_PATTERN.pattern}
+# A query or path id: printable ASCII without spaces, as the data's ids are (`serving.api.params`).
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": ID_PATTERN.pattern}
+# An id inside a posted event: any text of 1-64 characters that is not blank (`finegrain.events.schema`).
+_EVENT_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": r"\S"}
+_TEXT = {"type": "string", "maxLength": MAX_CONTEXT_CHARS}
+_NAME_400 = "A rule name that is not 1-64 of letters, digits, '.', '_', '-' (field name)"
+EVENT = {
+    "type": "object", "required": ["user_id", "item_id", "type"], "additionalProperties": False,
+    "properties": {
+        "user_id": _EVENT_ID, "item_id": _EVENT_ID,
+        "type": {"type": "string", "enum": list(TYPE_NAMES), "description": "Case-insensitive."},
+        "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_QUANTITY},
+        "price": {"type": "number", "minimum": 0},
+        "timestamp": {"type": ["integer", "string"], "minimum": MIN_TIMESTAMP_MS,
+                      "description": "Epoch milliseconds, or ISO-8601 with a UTC offset; from 2000-01-01 to "
+                                     "at most 5 minutes after the server's clock; default: when received."},
+        "event_id": _EVENT_ID,
+        "context": {"type": "object", "additionalProperties": False, "properties": {
+            "scene": _TEXT, "session_id": _TEXT, "country": _TEXT, "device": _TEXT, "request_id": _TEXT,
+            "extra": {"type": "object", "maxProperties": MAX_CONTEXT_EXTRA, "additionalProperties": _TEXT}}}},
+}
 
 ITEM = {
     "type": "object",
@@ -87,9 +120,9 @@ DOCUMENT: dict[str, Any] = {
         "/v1/recommendations": {"get": secured("recommend", {
             "summary": "Ranked recommendations for a user",
             "parameters": [
-                _query("user_id", {"type": "string", "maxLength": 64}, "The user (unknown users get the cold-start "
-                       "path).", True),
-                _query("scene", {"type": "string"}, "Configured scene (e.g. home, discovery, deep)."),
+                _query("user_id", _ID, "The user (unknown users get the cold-start path).", True),
+                _query("scene", {"type": "string", "minLength": 1},
+                       "A configured scene (the default scene when absent)."),
                 _query("n", {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 20}, "How many items."),
                 _query("explain", {"type": "boolean", "default": False},
                        "Add feature contributions per item and time per stage."),
@@ -109,8 +142,7 @@ DOCUMENT: dict[str, Any] = {
         "/v1/items/{item_id}/similar": {"get": secured("recommend", {
             "summary": "Item-to-item recommendations",
             "parameters": [
-                {"name": "item_id", "in": "path", "required": True,
-                 "schema": {"type": "string", "minLength": 1, "maxLength": 64}},
+                {"name": "item_id", "in": "path", "required": True, "schema": _ID},
                 _query("n", {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 20}, "How many items."),
                 _query("algorithm", {"type": "string", "enum": ["cosine", "swing"], "default": "cosine"},
                        "Similarity lists to read."),
@@ -120,16 +152,13 @@ DOCUMENT: dict[str, Any] = {
         "/v1/events": {"post": secured("events", {
             "summary": "Send a batch of behaviour events (produced to Kafka)",
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": {"type": "object", "required": ["events"], "properties": {
-                    "events": {"type": "array", "maxItems": 500, "items": {"type": "object", "required": [
-                        "user_id", "item_id", "type"], "properties": {
-                        "user_id": {"type": "string"}, "item_id": {"type": "string"},
-                        "type": {"type": "string", "enum": ["view", "click", "add_to_cart", "purchase"]},
-                        "quantity": {"type": "integer", "minimum": 1}, "price": {"type": "number", "minimum": 0},
-                        "timestamp": {"type": ["integer", "string"]}, "event_id": {"type": "string"},
-                        "context": {"type": "object"}}}}}}},
+                "application/json": {"schema": {"type": "object", "required": ["events"],
+                                                 "additionalProperties": False, "properties": {
+                    "events": {"type": "array", "minItems": 1, "maxItems": MAX_EVENTS, "items": EVENT}}}},
                 "application/x-protobuf": {"schema": {"description": "finegrain.v1.EventBatch"}}}},
-            "responses": {"202": _json({"type": "object"}, "Accepted: every event acknowledged by the broker"),
+            "responses": {"202": _json({"type": "object", "required": ["accepted", "event_ids"], "properties": {
+                "accepted": {"type": "integer"}, "event_ids": {"type": "array", "items": {"type": "string"}}}},
+                "Accepted: every event acknowledged by the broker"),
                           "400": _error("Malformed or invalid batch; every bad event listed in error.details"),
                           "413": _error(f"Body over {MAX_BODY_BYTES:,} bytes (body_too_large)"),
                           "415": _error("Unsupported content type"),
@@ -139,11 +168,15 @@ DOCUMENT: dict[str, Any] = {
                                                "responses": {"200": _json({"type": "object"}, "Rules")}})},
         "/v1/rules/{name}": {
             "get": secured("admin", {"summary": "One rule", "responses": {
-                "200": _json({"type": "object"}, "The rule"), "404": _error("Unknown rule")}}),
+                "200": _json({"type": "object"}, "The rule"), "400": _error(_NAME_400),
+                "404": _error("Unknown rule")}}),
             "put": secured("admin", {"summary": "Create or replace a rule",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["where"], "properties": {
-                            "where": {"type": "object", "description": "all / any / not of atoms"},
+                            "where": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                                      "description": "One key: all / any (arrays of expressions), not (an "
+                                                     "expression) or an atom (term, category, ...) and its "
+                                                     "value; checked against the current datasets"},
                             "order": {"type": "string", "enum": ["popularity", "recency", "price_asc",
                                                                  "price_desc"]},
                             "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -158,15 +191,16 @@ DOCUMENT: dict[str, Any] = {
                                   "503": _error("Redis (checking the rule's values) or MongoDB (storing it) "
                                                 "unreachable")}}),
             "delete": secured("admin", {"summary": "Delete a rule", "responses": {
-                "204": {"description": "Deleted"}, "404": _error("Unknown rule"),
+                "204": {"description": "Deleted"}, "400": _error(_NAME_400), "404": _error("Unknown rule"),
                 "503": _error("MongoDB unreachable")}}),
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": _RULE_NAME}]},
         "/v1/rules/{name}/preview": {"get": secured("admin", {
             "summary": "Evaluate a rule for a user, with cache hit or miss per atom",
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": _RULE_NAME},
-                           _query("user_id", {"type": "string", "maxLength": 64},
+                           _query("user_id", {"type": "string", "pattern": USER_ID_PATTERN.pattern},
                                   "User whose placeholders to resolve.")],
-            "responses": {"200": _json({"type": "object"}, "Items and atoms"), "400": _error("Bad user_id"),
+            "responses": {"200": _json({"type": "object"}, "Items and atoms"),
+                          "400": _error("A bad user_id or rule name"),
                           "404": _error("Unknown rule")}})},
         "/healthz": {"get": _open({"summary": "Liveness (no key)",
                                    "responses": {"200": {"description": "The process answers"}}})},
@@ -192,19 +226,25 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
-def document(metrics_scope: str = "admin") -> dict[str, Any]:
-    """The document of a deployment: /metrics needs its FINEGRAIN_API_METRICS_SCOPE."""
+def document(metrics_scope: str = "admin", scenes: Sequence[str] | None = None) -> dict[str, Any]:
+    """The document of a deployment: /metrics needs its FINEGRAIN_API_METRICS_SCOPE, and `scene` takes
+    the scenes of its configuration."""
     paths = dict(DOCUMENT["paths"])
     metrics = paths["/metrics"]["get"]
     paths["/metrics"] = {"get": {**metrics, "security": [{SCHEME: [metrics_scope]}]}}
+    if scenes is not None:
+        recommend = paths["/v1/recommendations"]["get"]
+        parameters = [{**p, "schema": {"type": "string", "enum": list(scenes)}} if p["name"] == "scene" else p
+                      for p in recommend["parameters"]]
+        paths["/v1/recommendations"] = {"get": {**recommend, "parameters": parameters}}
     return {**DOCUMENT, "paths": paths}
 
 
 class OpenApiResource:
     auth: ClassVar[Access] = {"GET": ANY_KEY}
 
-    def __init__(self, metrics_scope: str = "admin") -> None:
-        self.document = document(metrics_scope)
+    def __init__(self, metrics_scope: str = "admin", scenes: Sequence[str] | None = None) -> None:
+        self.document = document(metrics_scope, scenes)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.document

@@ -164,9 +164,10 @@ class Runtime:
         except (KazooTimeoutError, KazooException, OSError) as exc:
             client.close()
             self.errors["zookeeper"] = f"unreachable ({type(exc).__name__}); serving without hot swap"
+            metrics.ZOOKEEPER_CONNECTED.set(0)
             return False
         self._zk = client
-        self.errors.pop("zookeeper", None)
+        self._zookeeper_state(KazooState.CONNECTED)
         client.add_listener(self._on_state)
         for dataset in SERVED_DATASETS:
             client.DataWatch(self.paths.dataset(dataset), self._on_dataset)
@@ -181,9 +182,23 @@ class Runtime:
                 return
 
     def _on_state(self, state: str) -> None:
-        # An expired session loses the ephemeral worker node; kazoo re-arms the watches itself.
+        # Called on kazoo's thread. An expired session loses the ephemeral worker node; kazoo keeps
+        # reconnecting and re-arms the watches itself, so a version published meanwhile is loaded then.
+        self._zookeeper_state(state)
         if state == KazooState.CONNECTED:
             self._tasks.put(("register", None))
+
+    def _zookeeper_state(self, state: str) -> None:
+        """Without ZooKeeper the loaded versions keep serving, so answers are not degraded; but the
+        worker cannot hear of a new version (model, dataset, rule, key revocation) until it is back:
+        /readyz (`zookeeper`, `errors`) and `finegrain_zookeeper_connected` say so."""
+        if state == KazooState.CONNECTED:
+            self.errors.pop("zookeeper", None)
+            metrics.ZOOKEEPER_CONNECTED.set(1)
+            return
+        self.errors["zookeeper"] = (f"connection {str(state).lower()}: serving the loaded versions; new "
+                                    "versions, rules and key revocations arrive once it is back")
+        metrics.ZOOKEEPER_CONNECTED.set(0)
 
     def _on_dataset(self, data: bytes | None, stat: Any) -> None:
         if data:

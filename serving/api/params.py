@@ -19,13 +19,24 @@ def check_known(req: falcon.Request, allowed: Iterable[str]) -> None:
     """A misspelt parameter (`user=` for `user_id=`) must not be silently ignored."""
     unknown = sorted(set(req.params) - set(allowed))
     if unknown:
-        raise invalid(unknown[0], f"unknown query parameter {unknown[0]!r}; expected: {', '.join(allowed)}")
+        # `?=1` has a parameter without a name: the field named is then the query string itself.
+        raise invalid(unknown[0] or "query", f"unknown query parameter {unknown[0]!r}; expected: "
+                      f"{', '.join(allowed)}")
 
 
 def single(req: falcon.Request, name: str) -> str | None:
     value = req.params.get(name)
     if isinstance(value, list):
         raise invalid(name, f"{name} is given {len(value)} times; give it once")
+    return value
+
+
+def optional(req: falcon.Request, name: str) -> str | None:
+    """The value of an optional parameter, None when absent; `name=` with nothing is refused rather
+    than read as absent (the document says what each parameter takes, and an empty value is none of it)."""
+    value = single(req, name)
+    if value == "":
+        raise invalid(name, f"{name} is empty: give a value or leave the parameter out")
     return value
 
 
@@ -41,8 +52,8 @@ def identifier(req: falcon.Request, name: str, *, required: bool = True) -> str 
 
 
 def integer(req: falcon.Request, name: str, *, default: int, low: int, high: int) -> int:
-    value = single(req, name)
-    if value is None or value == "":
+    value = optional(req, name)
+    if value is None:
         return default
     try:
         number = int(value)
@@ -54,20 +65,19 @@ def integer(req: falcon.Request, name: str, *, default: int, low: int, high: int
 
 
 def boolean(req: falcon.Request, name: str, *, default: bool = False) -> bool:
-    value = single(req, name)
-    if value is None or value == "":
+    value = optional(req, name)
+    if value is None:
         return default
+    # Exactly the two words the OpenAPI document's boolean serialises to (any case), nothing guessed.
     lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
+    if lowered in ("true", "false"):
+        return lowered == "true"
     raise invalid(name, f"{name} must be true or false, got {value!r}")
 
 
 def choice(req: falcon.Request, name: str, options: Iterable[str], *, default: str | None) -> str | None:
-    value = single(req, name)
-    if value is None or value == "":
+    value = optional(req, name)
+    if value is None:
         return default
     allowed = list(options)
     if value not in allowed:

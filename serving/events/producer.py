@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,22 @@ PRODUCE_SECONDS = Histogram("finegrain_event_produce_seconds", "Time from produc
                             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 
 
+# The broker no longer accepts this producer's id or epoch (seen after an outage: the idempotent
+# producer bumps its epoch when messages time out, and tansu then fences it on every later batch, which
+# librdkafka does not flag as fatal). Only a new producer, with a new id, gets its batches taken again.
+_PRODUCER_STATE_ERRORS = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                                    KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                    KafkaError.INVALID_PRODUCER_ID_MAPPING, KafkaError._FENCED})
+
+
+# While the broker is known to be down, a batch first checks that a bootstrap server accepts a TCP
+# connection at all, within this bound, and is refused at once if none does: each POST would otherwise
+# hold a sync worker for the whole delivery bound, and with two workers the recommendations queued
+# behind the event posts (17 answers in 10 s of broker outage instead of ~300, bench/faults.py). Nothing
+# is produced on that path, so nothing can be delivered after the 503.
+PROBE_TIMEOUT_S = 0.3
+
+
 class BrokerUnavailable(Exception):
     """The broker did not take or acknowledge the batch in time; nothing may be reported as accepted."""
 
@@ -52,7 +69,7 @@ class _Deliveries:
         with self.lock:
             if error is not None:
                 self.errors.append(error.str())
-                self.fatal = self.fatal or error.fatal()
+                self.fatal = self.fatal or error.fatal() or error.code() in _PRODUCER_STATE_ERRORS
             self.pending -= 1
             if self.pending <= 0:
                 self.done.set()
@@ -71,6 +88,7 @@ class EventProducer:
         self._producer: Producer | None = None
         self._pid = 0
         self._topics_ready = False
+        self._broker_down = False  # the last batch was refused for want of the broker
         self._lock = threading.Lock()
 
     @property
@@ -99,6 +117,28 @@ class EventProducer:
 
     def produce_batch(self, events: list[BehaviorEvent]) -> None:
         """Produce and wait for every acknowledgement; raises BrokerUnavailable otherwise."""
+        if self._broker_down and not self._reachable():
+            raise BrokerUnavailable(f"Kafka broker {self.broker} unreachable (no bootstrap server accepts a "
+                                    "connection); nothing was accepted, resend it")
+        try:
+            self._produce(events)
+        except BrokerUnavailable:
+            self._broker_down = True
+            raise
+        self._broker_down = False
+
+    def _reachable(self) -> bool:
+        for server in self.broker.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                              timeout=PROBE_TIMEOUT_S):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def _produce(self, events: list[BehaviorEvent]) -> None:
         started = time.perf_counter()
         producer = self._get()
         deliveries = _Deliveries(pending=len(events))
@@ -148,8 +188,9 @@ class EventProducer:
             log.warning("could not queue %d dead letter(s) of refused events: %s", len(letters), exc)
 
     def _discard(self) -> None:
-        # After a fatal error (e.g. the idempotent producer lost its sequence state) the producer refuses
-        # every later message, so the next request builds a new one instead of failing forever.
+        # After a fatal error (e.g. the idempotent producer lost its sequence state) or a fenced id the
+        # producer refuses every later message, so the next request builds a new one instead of failing
+        # forever. The old one is not flushed: what it still holds was answered 503, never accepted.
         with self._lock:
             self._producer = None
         log.error("Kafka producer hit a fatal error; a new one will be created on the next batch")

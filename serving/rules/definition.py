@@ -383,7 +383,7 @@ class Rule(BaseModel):
 def parse_rule(body: Any) -> Rule:
     """A validated rule from JSON; RuleError names the first bad field (JSON path)."""
     if not isinstance(body, dict):
-        raise RuleError(None, "the body must be a JSON object (a rule)")
+        raise RuleError("body", "the body must be a JSON object (a rule)")
     if "where" not in body:
         raise RuleError("where", "a rule needs `where`: the expression selecting its items")
     try:

@@ -26,6 +26,7 @@ this source's own `fetchTimeoutMs` (how long a task waits for the broker without
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,11 @@ SCHEMA = StructType(
     ]
 )
 _ARROW_BATCH_ROWS = 10_000
+
+
+log = logging.getLogger(__name__)
+# librdkafka's codes of a broker that cannot be reached (as opposed to one that refuses what we ask).
+_UNREACHABLE = frozenset({-195, -187, -185})  # _TRANSPORT, _ALL_BROKERS_DOWN, _TIMED_OUT
 
 
 class KafkaSourceError(RuntimeError):
@@ -201,7 +207,7 @@ def true_end_offsets(
     from offset high - 1 returns that last batch whole (on Kafka, the batch holding the last record):
     the last offset it holds + 1 is the end. On a broker that reports the right watermark the two
     agree, at the cost of one fetch. Uses and then clears `consumer`'s assignment."""
-    from confluent_kafka import KafkaError, TopicPartition
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
     ends = {p: high for p, (low, high) in watermarks.items()}
     pending = {p for p, (low, high) in watermarks.items() if high > low}
@@ -229,6 +235,8 @@ def true_end_offsets(
                     if partition in seen:
                         pending.discard(partition)
                     continue
+                if error.code() in _UNREACHABLE:  # the broker went away meanwhile: a retry's matter
+                    raise KafkaException(error)
                 raise KafkaSourceError(f"{topic}[{partition}]: {error.str()}")
             offset = message.offset()
             if partition is None or offset is None:
@@ -383,7 +391,16 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._target = {p: end for p, (_, end) in self._ranges().items()}
 
     def latestOffset(self, start: dict[str, Any], limit: ReadLimit) -> dict[str, int]:
-        ranges = self._ranges()
+        from confluent_kafka import KafkaException
+
+        try:
+            ranges = self._ranges()
+        except KafkaException as exc:
+            # The broker unreachable (an outage, a restart): nothing new this trigger, and the query
+            # waits for it instead of failing; the consumer reconnects by itself. A topic that is gone
+            # or a checkpoint it cannot serve still fails the query (KafkaSourceError, below).
+            log.warning("Kafka broker unreachable (%s); no new records until it is back", exc)
+            return to_offset(from_offset(start))
         begin = resume_positions(from_offset(start), ranges, self.options.topic)
         end = {p: r[1] for p, r in ranges.items()}
         if self._target is not None:

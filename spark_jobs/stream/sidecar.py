@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import pymongo.errors
+import redis
 import typer
 
 from finegrain.events.archive import EventArchive
@@ -62,6 +64,11 @@ class SidecarConfig:
     """Most records one micro-batch reads, so a backlog is worked off in bounded steps."""
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     """The real-time profile's bounds and time constants."""
+
+
+# A store unreachable mid-batch: the batch is processed again after a pause growing to this.
+STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, pymongo.errors.ConnectionFailure)
+STORE_RETRY_MAX_S = 5.0
 
 
 def status_path(settings: Settings) -> Path:
@@ -125,7 +132,7 @@ class Sidecar:
             records = sorted((Record(int(p), int(o), bytes(v), int(ms or 0)) for p, o, v, ms in
                               zip(c["partition"], c["offset"], c["value"], c["broker_ms"], strict=True)),
                              key=lambda r: (r.partition, r.offset))
-            self._record(processor.process(batch_id, records))
+            self._record(self._process_until_stored(processor, batch_id, records))
 
         query = (frame.writeStream.queryName("finegrain_sidecar").foreachBatch(each_batch)
                  .option("checkpointLocation", str(checkpoint_path(settings)))
@@ -147,6 +154,24 @@ class Sidecar:
             processor.close()
             self.status["state"] = "stopped"
             self._write_status()
+
+    def _process_until_stored(self, processor: BatchProcessor, batch_id: int, records: list[Record]
+                              ) -> BatchOutcome:
+        """The batch processed, however long Redis or MongoDB are away: the query waits (lag grows,
+        nothing is read past the batch) instead of failing and stopping the sidecar, which a Redis or
+        MongoDB restart did (tests/integration/test_faults.py). Processing a batch again is safe, as
+        Spark's own replay is: the archive file is replaced, the profiles skip offsets already folded."""
+        wait_s = 0.5
+        while True:
+            try:
+                return processor.process(batch_id, records)
+            except STORE_ERRORS as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning("batch %d: a store is unreachable (%s: %s); processing it again in %.1f s",
+                            batch_id, type(exc).__name__, str(exc).splitlines()[0][:200], wait_s)
+                self.stopping.wait(wait_s)
+                wait_s = min(wait_s * 2, STORE_RETRY_MAX_S)
 
     def _report_slow_triggers(self, progress: Sequence[StreamingQueryProgress], reported: int) -> int:
         """Log the phases of every trigger slower than `SLOW_TRIGGER_MS` (Spark's own durations: the

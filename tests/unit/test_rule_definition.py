@@ -69,7 +69,7 @@ def test_a_valid_rule_gets_defaults_and_round_trips_through_json() -> None:
     ({"where": {"term": "a"}, "scenes": ["home", ""]}, "scenes[1]", "at least 1"),
     ({"where": {"term": "a"}, "colour": "red"}, "colour", "Extra inputs"),
     ({"order": "recency"}, "where", "needs `where`"),
-    (["not", "an", "object"], None, "JSON object"),
+    (["not", "an", "object"], "body", "JSON object"),
 ])
 def test_bad_rules_name_the_json_path(body: Any, field: str | None, words: str) -> None:
     error = refused(body)
