@@ -132,7 +132,7 @@ def main(
     rows = [{**run.summary(), **accounting[run.fault.name]} for run in runs]
     title = f"Faults under load ({rps:g} req/s + {event_posts:g} posts/s, each held {hold:g} s)"
     console.print(summary_table(title, [cells(row) for row in rows], COLUMNS))
-    console.print(markdown(rows))
+    console.print(markdown(rows), soft_wrap=True, markup=False)  # one line per row, to paste
     console.print(f"the sidecar {'outlived' if survived else 'did NOT outlive'} the outages before its own")
     figures = {"machine": f"{socket.gethostname()}, 2 cores", "hold_s": hold, "rps": rps,
                "event_posts": event_posts, "as_of": str(as_of), "sidecar_outlived_other_faults": survived,
