@@ -47,7 +47,7 @@ def _name(name: str) -> str:
 
 
 def _known(store: RuleStore, name: str) -> Any:
-    stored = store.get(_name(name))
+    stored = store.current(_name(name))
     if stored is None:
         raise not_found(f"no rule named {name!r}", "name")
     return stored
@@ -62,7 +62,7 @@ class RulesResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        rules = self.store.all()
+        rules = self.store.current_all()
         resp.media = {"rules": [r.to_json() for r in rules], "count": len(rules),
                       "degraded": self.store.degraded}
 

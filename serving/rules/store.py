@@ -99,6 +99,7 @@ class RuleStore:
         return sorted(self._rules.values(), key=lambda r: r.name)
 
     def get(self, name: str) -> StoredRule | None:
+        """This worker's copy of the rule: what its requests evaluate."""
         self._ensure_started()
         return self._rules.get(name)
 
@@ -107,6 +108,32 @@ class RuleStore:
         self._ensure_started()
         return [NamedRule(r.name, r.rule) for r in sorted(self._rules.values(), key=lambda r: r.name)
                 if r.rule.serves(scene)]
+
+    # -- reads (MongoDB, for the admin API) --
+
+    def current(self, name: str) -> StoredRule | None:
+        """The rule as MongoDB holds it now. A GET right after a PUT or DELETE that another worker
+        served must not answer from this worker's copy, which follows a moment later (the ZooKeeper
+        notice). With MongoDB unreachable, this worker's copy, and `degraded` is set."""
+        found = self._read({"_id": name})
+        return self._rules.get(name) if found is None else found.get(name)
+
+    def current_all(self) -> list[StoredRule]:
+        """Every rule as MongoDB holds it now (this worker's copy, degraded, with MongoDB unreachable)."""
+        found = self._read({})
+        return self.all() if found is None else sorted(found.values(), key=lambda r: r.name)
+
+    def _read(self, query: dict[str, Any]) -> dict[str, StoredRule] | None:
+        """The valid stored rules matching `query` by name; None when MongoDB cannot be read."""
+        self._ensure_started()
+        try:
+            documents = list(self._collection().find(query))
+        except PyMongoError as exc:
+            log.warning("rules: cannot read MongoDB, answering from the %d rules in memory: %s",
+                        len(self._rules), exc)
+            self.degraded = True
+            return None
+        return _valid(documents)
 
     # -- writes --
 
@@ -152,15 +179,7 @@ class RuleStore:
                 self.degraded = True
                 self._loaded_at = time.monotonic()  # retry after poll_seconds, not on every request
                 return len(self._rules)
-            rules = {}
-            for document in documents:
-                try:
-                    stored = StoredRule.from_document(document)
-                except (RuleError, ValueError, KeyError) as exc:
-                    # Written by an older code version and no longer valid: skip it, keep the rest.
-                    log.error("rules: skipping stored rule %r: %s", document.get("_id"), exc)
-                    continue
-                rules[stored.name] = stored
+            rules = _valid(documents)
             with self._lock:
                 # A PUT or DELETE by this worker while we read may be missing from what we read:
                 # installing it would undo the operator's write here until the next notice. Read again.
@@ -247,6 +266,20 @@ class RuleStore:
                         self.poll_seconds)
             return
         announce(zk, self.path, op=op, rule=name)
+
+
+def _valid(documents: list[MongoDocument]) -> dict[str, StoredRule]:
+    """Stored rules by name, skipping (and logging) any written by an older code version and no
+    longer valid, so one bad document does not hide the rest."""
+    rules = {}
+    for document in documents:
+        try:
+            stored = StoredRule.from_document(document)
+        except (RuleError, ValueError, KeyError) as exc:
+            log.error("rules: skipping stored rule %r: %s", document.get("_id"), exc)
+            continue
+        rules[stored.name] = stored
+    return rules
 
 
 def _fresh_lock(owner: weakref.ref[RuleStore]) -> None:

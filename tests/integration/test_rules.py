@@ -175,12 +175,16 @@ def test_another_worker_sees_changes_through_the_zookeeper_watch(api: falcon.tes
     try:
         assert other.get("watched") is None
         assert api.simulate_put("/v1/rules/watched", json={"where": {"best_seller": "7d"}}).status_code == 200
+        # What the admin API answers is MongoDB's, at once; the copy requests evaluate follows the notice.
+        current = other.current("watched")
+        assert current is not None and current.version == 1
         deadline = time.monotonic() + 10
         while other.get("watched") is None and time.monotonic() < deadline:
             time.sleep(0.05)
         seen = other.get("watched")
         assert seen is not None and seen.version == 1
         assert api.simulate_delete("/v1/rules/watched").status_code == 204
+        assert other.current("watched") is None and "watched" not in {r.name for r in other.current_all()}
         deadline = time.monotonic() + 10
         while other.get("watched") is not None and time.monotonic() < deadline:
             time.sleep(0.05)
