@@ -13,7 +13,7 @@ from prometheus_client import Counter
 
 from finegrain.settings import Settings
 from serving.events.parsing import JSON_MEDIA_TYPE, BatchRejected, parse_json_batch, parse_protobuf_batch
-from serving.events.producer import BrokerUnavailable, EventProducer
+from serving.events.producer import DELIVERY_TIMEOUT_S, BrokerUnavailable, EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class EventIngest:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, delivery_timeout_s: float = 5.0) -> EventIngest:
+    def from_settings(cls, settings: Settings, *,
+                      delivery_timeout_s: float = DELIVERY_TIMEOUT_S) -> EventIngest:
         return cls(EventProducer(settings, delivery_timeout_s=delivery_timeout_s))
 
     def now_ms(self) -> int:

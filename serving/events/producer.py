@@ -49,6 +49,9 @@ _PRODUCER_STATE_ERRORS = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVAL
 # behind the event posts (17 answers in 10 s of broker outage instead of ~300, bench/faults.py). Nothing
 # is produced on that path, so nothing can be delivered after the 503.
 PROBE_TIMEOUT_S = 0.3
+# How long a POST waits for the broker to acknowledge a batch before answering 503: a broker away for
+# less than this is waited out, and the posts are acknowledged when it is back.
+DELIVERY_TIMEOUT_S = 5.0
 
 
 class BrokerUnavailable(Exception):
@@ -78,7 +81,8 @@ class _Deliveries:
 class EventProducer:
     """The process's Kafka producer for the events and dead-letter topics, created on first use."""
 
-    def __init__(self, settings: Settings, *, delivery_timeout_s: float = 5.0, create_topics: bool = True,
+    def __init__(self, settings: Settings, *, delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
+                 create_topics: bool = True,
                  producer_factory: Callable[..., Producer] = kafka_producer) -> None:
         self.settings = settings
         self.topics = KafkaTopics(settings.kafka_topic_prefix)

@@ -174,6 +174,7 @@ def api(nightly_settings: Settings) -> Iterator[ApiServer]:
 
 
 # About 5 minutes on an idle 2-core machine (bench/nightly.py --quick); more when other work shares it.
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_nightly_dag_ingests_builds_trains_publishes_and_the_api_serves_it(
         airflow_env: dict[str, str], nightly_settings: Settings, retail_data: Path, api: ApiServer,

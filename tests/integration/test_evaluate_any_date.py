@@ -25,7 +25,7 @@ from models.evaluate_all import evaluate_rankers
 from tests.integration.conftest import own_namespace
 from tests.integration.sample import SPLIT_DATE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 USERS = 150
 MOVE_WEEKS = 156  # three years later, same weekdays

@@ -25,7 +25,7 @@ from models.registry import ModelRegistry
 from tests.integration.airflow_env import migrated_airflow_env
 from tests.integration.conftest import drop_namespace
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROJECT = Path(__file__).resolve().parents[2]
 DAG_FILE = PROJECT / "dags" / "finegrain_retrain.py"

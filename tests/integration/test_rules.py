@@ -417,8 +417,15 @@ def _in_forked_worker(store: RuleStore, engine: RuleEngine, queue: Any) -> None:
 def test_a_forked_worker_makes_its_own_clients(api: falcon.testing.TestClient, store: RuleStore,
                                                engine: RuleEngine) -> None:
     """What gunicorn does: the parent used the store and engine (sockets, kazoo threads), then forks."""
+    reloads = store.reloads
     assert api.simulate_put("/v1/rules/forked", json={"where": {"best_seller": "30d"}, "limit": 7,
                                                       "scenes": ["home"]}).status_code == 200
+    # Fork once the parent's watch thread has handled the PUT's notice, as gunicorn forks from a master
+    # at rest: a fork while that thread writes a log line to pytest's captured stdout copies the
+    # stream's lock held, and the child's first log line waits on it for ever (seen once in CI).
+    deadline = time.monotonic() + 10
+    while store.reloads == reloads and time.monotonic() < deadline:
+        time.sleep(0.05)
     parent_names = [r.name for r in store.active("home")]
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
