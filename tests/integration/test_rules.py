@@ -429,10 +429,17 @@ def test_a_forked_worker_makes_its_own_clients(api: falcon.testing.TestClient, s
     parent_names = [r.name for r in store.active("home")]
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_in_forked_worker, args=(store, engine, queue))
+    child = context.Process(target=_in_forked_worker, args=(store, engine, queue), daemon=True)
     child.start()
-    pid, store_pid, names, sizes = queue.get(timeout=30)
-    child.join(timeout=30)
+    try:
+        pid, store_pid, names, sizes = queue.get(timeout=30)
+        child.join(timeout=30)
+    finally:
+        # A child that hangs must not outlive the test: multiprocessing joins its children at exit, so
+        # one left running kept the whole pytest process from ending after its summary.
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=10)
     assert child.exitcode == 0
     assert pid != os.getpid() and store_pid == pid  # the child reloaded with its own clients
     assert names == parent_names and "forked" in names
