@@ -116,7 +116,7 @@ class RuleStore:
         served must not answer from this worker's copy, which follows a moment later (the ZooKeeper
         notice). With MongoDB unreachable, this worker's copy, and `degraded` is set."""
         found = self._read({"_id": name})
-        return self._rules.get(name) if found is None else found.get(name)
+        return self.get(name) if found is None else found.get(name)
 
     def current_all(self) -> list[StoredRule]:
         """Every rule as MongoDB holds it now (this worker's copy, degraded, with MongoDB unreachable)."""

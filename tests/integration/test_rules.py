@@ -421,8 +421,8 @@ def test_a_forked_worker_makes_its_own_clients(api: falcon.testing.TestClient, s
     assert api.simulate_put("/v1/rules/forked", json={"where": {"best_seller": "30d"}, "limit": 7,
                                                       "scenes": ["home"]}).status_code == 200
     # Fork once the parent's watch thread has handled the PUT's notice, as gunicorn forks from a master
-    # at rest: a fork while that thread writes a log line to pytest's captured stdout copies the
-    # stream's lock held, and the child's first log line waits on it for ever (seen once in CI).
+    # at rest. A child forked while that thread wrote its log line hung once in a fresh-clone run (not
+    # reproduced since): most likely the captured stdout's lock, copied held, waited on by the child.
     deadline = time.monotonic() + 10
     while store.reloads == reloads and time.monotonic() < deadline:
         time.sleep(0.05)
