@@ -17,6 +17,8 @@ Deployment settings (environment of the Airflow workers):
 - `FINEGRAIN_DATA_DIR`: the canonical events the nightly ingest writes and the jobs read (default:
   `<FINEGRAIN_VAR_DIR>/data/retail`, where the `finegrain` commands look by default);
 - `FINEGRAIN_SPARK_SUBMIT`: the spark-submit binary (default: `spark-submit` beside that Python);
+- `FINEGRAIN_SPARK_DRIVER_JAVA_OPTIONS`: the spark-submitted driver's JVM options (the setting of that
+  name; `finegrain airflow up` passes its value, unset means the JVM's defaults);
 - Airflow connection `finegrain_spark`: the Spark master, e.g.
   `AIRFLOW_CONN_FINEGRAIN_SPARK='{"conn_type": "spark", "host": "local[*]"}'` or a cluster URL;
 - every `FINEGRAIN_*` setting (store addresses, `FINEGRAIN_API_BIND` for the smoke test, the archive),
@@ -49,6 +51,7 @@ VAR_DIR = os.environ.get("FINEGRAIN_VAR_DIR", str(FINEGRAIN_HOME / "var"))
 DATA_DIR = os.environ.get("FINEGRAIN_DATA_DIR", str(Path(VAR_DIR) / "data" / "retail"))
 SPARK_SUBMIT = os.environ.get("FINEGRAIN_SPARK_SUBMIT", str(Path(PYTHON).parent / "spark-submit"))
 SPARK_CONNECTION = "finegrain_spark"
+SPARK_DRIVER_JAVA_OPTIONS = os.environ.get("FINEGRAIN_SPARK_DRIVER_JAVA_OPTIONS", "")
 
 # The as-of date of a run: the `as_of` param, else the logical date.
 AS_OF = "{{ params.as_of or ds }}"
@@ -131,6 +134,9 @@ def spark_submit(task_id: str, application: str, arguments: list[str], **kwargs:
         spark_binary=SPARK_SUBMIT,
         application=str(FINEGRAIN_HOME / application),
         application_args=arguments,
+        # A driver's JVM options take effect only as spark-submit starts it (client mode, as here).
+        conf={"spark.driver.extraJavaOptions": SPARK_DRIVER_JAVA_OPTIONS} if SPARK_DRIVER_JAVA_OPTIONS
+        else None,
         env_vars={"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON,
                   "PYTHONPATH": str(FINEGRAIN_HOME)},
         **kwargs,

@@ -41,8 +41,11 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def spark_session(
-    settings: Settings, app_name: str = "finegrain", shuffle_partitions: int | None = None
+    settings: Settings, app_name: str = "finegrain", shuffle_partitions: int | None = None,
+    long_running: bool = False,
 ) -> SparkSession:
+    """`long_running`: a session that lives for days (the streaming sidecar) keeps the JVM's own JIT
+    and GC; a batch session on a local master starts its JVM with `settings.spark_driver_java_options`."""
     # Executors must run the venv's Python (PySpark's Python data sources need its pyarrow/pandas).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -61,6 +64,8 @@ def spark_session(
     if submitted is None:
         # The JVM starts with the session here, so its heap is ours to size (spark-submit sizes its own).
         startup["spark.driver.memory"] = os.environ.get("FINEGRAIN_SPARK_DRIVER_MEMORY", "3g")
+        if local and not long_running and settings.spark_driver_java_options:
+            startup["spark.driver.extraJavaOptions"] = settings.spark_driver_java_options
     # SQL settings: set once the session exists, unless the context's configuration has them, so a
     # `--conf` of spark-submit, of PYSPARK_SUBMIT_ARGS or of spark-defaults.conf wins in every case.
     runtime = {

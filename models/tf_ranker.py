@@ -132,22 +132,26 @@ class Preprocessing:
 
     @classmethod
     def fit(cls, features: np.ndarray) -> Preprocessing:
-        values = np.asarray(features, dtype=np.float64)
-        observed = np.isfinite(values)
-        # A column never observed reads as all zeros, so the statistics stay defined (mean 0, scale 1).
-        never = ~observed.any(axis=0)
-        masked = np.where(observed, values, np.nan)
-        masked[:, never] = 0.0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            minimum = np.nanmin(masked, axis=0)
-            std = np.nanstd(masked, axis=0)
-            centred = np.nan_to_num(masked - np.nanmean(masked, axis=0))
-            skew = (centred ** 3).sum(axis=0) / np.maximum(observed.sum(axis=0), 1) / np.where(
-                std > 0, std ** 3, np.inf)
-        log = (minimum >= 0) & (skew > HEAVY_TAIL_SKEW)
-        logged = np.where(log, np.log1p(np.maximum(masked, 0.0)), masked)  # NaN stays NaN
-        mu, sigma = np.nanmean(logged, axis=0), np.nanstd(logged, axis=0)
-        return cls(log, mu.astype(np.float32), np.where(sigma > 1e-6, sigma, 1.0).astype(np.float32))
+        """Per feature, over its observed (finite) values: read through log1p when non-negative and
+        heavy-tailed, then the mean and standard deviation. A column never observed reads as all zeros
+        (mean 0, scale 1). One column at a time: whole-matrix masked statistics copied the float64
+        matrix at every step (9 s for 863k rows here, against 3 s this way, same values)."""
+        columns = np.asarray(features).T
+        log = np.zeros(len(columns), dtype=bool)
+        mean = np.zeros(len(columns))
+        scale = np.ones(len(columns))
+        for j, column in enumerate(columns):
+            values = column.astype(np.float64)
+            values = values[np.isfinite(values)]
+            if not len(values):
+                continue
+            centred = values - values.mean()
+            std = np.sqrt((centred ** 2).mean())
+            skew = (centred ** 3).mean() / std ** 3 if std > 0 else 0.0
+            log[j] = values.min() >= 0 and skew > HEAVY_TAIL_SKEW
+            logged = np.log1p(values) if log[j] else values
+            mean[j], scale[j] = logged.mean(), logged.std()
+        return cls(log, mean.astype(np.float32), np.where(scale > 1e-6, scale, 1.0).astype(np.float32))
 
     def as_dict(self) -> dict[str, Any]:
         return {"log1p": [name for name, on in zip(RANKING_FEATURE_NAMES, self.log, strict=True) if on]}

@@ -119,7 +119,8 @@ class Sidecar:
         host = settings.stream_metrics_bind.rpartition(":")[0] or "127.0.0.1"
         self.status["metrics"] = f"http://{host}:{metrics.serve(settings)}/metrics"
         self._write_status()
-        spark = spark_session(settings, app_name="finegrain-sidecar", shuffle_partitions=2)
+        spark = spark_session(settings, app_name="finegrain-sidecar", shuffle_partitions=2,
+                              long_running=True)
         processor = BatchProcessor(settings, EventArchive.at(settings.event_archive_location),
                                    self.config.realtime)
         frame = read_stream(spark, settings, KafkaTopics(settings.kafka_topic_prefix).events,

@@ -25,6 +25,7 @@ def migrated_airflow_env(settings: Settings, home: Path, var_dir: Path) -> dict[
         "FINEGRAIN_MONGO_DATABASE": settings.mongo_database,
         "FINEGRAIN_ZOOKEEPER_ROOT": settings.zookeeper_root,
         "FINEGRAIN_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+        "FINEGRAIN_SPARK_DRIVER_JAVA_OPTIONS": settings.spark_driver_java_options,
         "FINEGRAIN_VAR_DIR": str(var_dir),
         "FINEGRAIN_DATA_DIR": str(var_dir / "data"),  # where the DAGs' load task writes the events
     }

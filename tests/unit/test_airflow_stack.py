@@ -50,6 +50,7 @@ def test_the_environment_points_airflow_at_its_home_the_dags_and_the_api_server(
     assert env["FINEGRAIN_HOME"] == str(PROJECT_ROOT)
     assert env["FINEGRAIN_PYTHON"] == sys.executable
     assert env["FINEGRAIN_DATA_DIR"] == str(settings.retail_dir)
+    assert env["FINEGRAIN_SPARK_DRIVER_JAVA_OPTIONS"] == settings.spark_driver_java_options
 
 
 def test_the_environment_passes_the_finegrain_settings_through(monkeypatch: pytest.MonkeyPatch,

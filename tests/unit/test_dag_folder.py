@@ -16,6 +16,7 @@ import pytest
 from spark_jobs import JOBS
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
+JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -Xss4m"
 
 # In a subprocess with an Airflow home of its own: Airflow reads its configuration once, at import.
 SCRIPT = """
@@ -33,6 +34,7 @@ print("DAGS " + json.dumps({
     "offline_jobs": list(module.OFFLINE_JOBS),
     "submitted": {job: list(module.dag.get_task(job).application_args) for job in module.OFFLINE_JOBS},
     "upstream": {job: sorted(module.dag.get_task(job).upstream_task_ids) for job in module.OFFLINE_JOBS},
+    "conf": {job: module.dag.get_task(job).conf for job in [*module.OFFLINE_JOBS, "training_set"]},
 }))
 """
 
@@ -41,7 +43,7 @@ print("DAGS " + json.dumps({
 def dag_folder(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     home = tmp_path_factory.mktemp("airflow")
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "false"}
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "FINEGRAIN_SPARK_DRIVER_JAVA_OPTIONS": JAVA_OPTIONS}
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(DAGS)], env=env, capture_output=True,
                             text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,3 +68,10 @@ def test_the_nightly_dag_submits_every_registered_job_in_a_task_of_its_own(
         job: [job, "--as-of"] for job in JOBS}
     # Features first (after the ingest), the others after it, side by side.
     assert dag_folder["upstream"] == {job: ["ingest"] if job == "features" else ["features"] for job in JOBS}
+
+
+def test_every_spark_submit_starts_its_driver_with_the_deployment_java_options(
+        dag_folder: dict[str, object]) -> None:
+    """FINEGRAIN_SPARK_DRIVER_JAVA_OPTIONS reaches spark-submit as one `--conf` value, spaces and all."""
+    assert dag_folder["conf"] == {task: {"spark.driver.extraJavaOptions": JAVA_OPTIONS}
+                                  for task in [*JOBS, "training_set"]}
