@@ -22,12 +22,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
+
+# Read once, as XGBoost loads OpenMP: a thread that reaches a barrier sleeps instead of spinning. The
+# nightly DAG trains this ranker beside the TF ranker on 2 cores, where spinning threads burn the CPU
+# the other needs: a TF fit and two XGBoost fits side by side took 97-100 s with it, 108-131 s without
+# (`docs/benchmarks.md`, the nightly loop). Alone, within noise of the default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import xgboost as xgb  # after its OpenMP setting
 
 from finegrain.features.ranking import RANKING_FEATURE_NAMES
 from finegrain.training.training_set import TrainingSet
