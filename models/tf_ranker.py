@@ -415,10 +415,15 @@ def item_vocabulary(item_ids: np.ndarray, min_rows: int) -> list[str]:
 
 
 def train_tf_ranker(train: TrainingSet, config: TFRankerConfig | None = None,
-                    say: Any = None) -> TFTraining:
+                    say: Any = None, *, fixed_epochs: int | None = None) -> TFTraining:
     """Fit on `train` minus a held-out sample of its users (early stopping), export the best epoch and
-    load it back: the returned ranker scores through the very graph that serving loads."""
+    load it back: the returned ranker scores through the very graph that serving loads.
+
+    `fixed_epochs`: fit on every user for exactly that many epochs instead, with no held-out users
+    (the refit of a recipe whose epoch count early stopping already chose on earlier data)."""
     config = config or TFRankerConfig()
+    if fixed_epochs is not None and fixed_epochs < 1:
+        raise ValueError(f"fixed_epochs must be at least 1, not {fixed_epochs}")
     if tuple(train.feature_names) != RANKING_FEATURE_NAMES:
         raise ValueError("the training set was built with another feature layout than the serving code's")
     if not train.labels.any():
@@ -428,34 +433,41 @@ def train_tf_ranker(train: TrainingSet, config: TFRankerConfig | None = None,
     started = time.perf_counter()
     # Whole users are held out, so a user's candidates are never split between fitting and stopping.
     held = np.random.default_rng(config.seed).random(len(train.group_sizes)) < config.holdout_share
-    if held.all() or not held.any():
+    if fixed_epochs is not None:
+        held[:] = False
+    elif held.all() or not held.any():
         held[:] = False
         held[0] = True
-    fit_rows, holdout = subset(train, ~held), subset(train, held)
+    fit_rows = subset(train, ~held)
     preprocessing = Preprocessing.fit(fit_rows.features)
     vocabulary = item_vocabulary(fit_rows.item_ids, config.min_item_rows)
     model = build_model(preprocessing, vocabulary, config)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss=keras.losses.BinaryCrossentropy())
-    stopper = _StopOnNdcg(holdout, config.batch_size, config.patience)
+    stopper = None if fixed_epochs is not None else _StopOnNdcg(subset(train, held), config.batch_size,
+                                                                config.patience)
 
     class _Say(keras.callbacks.Callback):  # type: ignore[misc]
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            line = (f"epoch {epoch + 1}: loss {(logs or {}).get('loss', float('nan')):.4f}, held-out "
-                    f"NDCG@20 {stopper.scores[-1]:.4f} ({time.perf_counter() - started:.0f} s)")
+            held_out = "" if stopper is None else f", held-out NDCG@20 {stopper.scores[-1]:.4f}"
+            line = (f"epoch {epoch + 1}: loss {(logs or {}).get('loss', float('nan')):.4f}{held_out} "
+                    f"({time.perf_counter() - started:.0f} s)")
             if say is not None:
                 say(line)
 
     history = model.fit(
         _dataset(fit_rows.features, fit_rows.item_ids, fit_rows.labels, config.batch_size,
                  shuffle_seed=config.seed),
-        epochs=config.epochs, verbose=0, shuffle=False, callbacks=[stopper, _Say()])
+        epochs=config.epochs if fixed_epochs is None else fixed_epochs, verbose=0, shuffle=False,
+        callbacks=[_Say()] if stopper is None else [stopper, _Say()])
     seconds = time.perf_counter() - started
+    epochs_run = len(history.history.get("loss", []))
     facts: dict[str, Any] = {
         "train_seconds": round(seconds, 2), "train_rows": len(fit_rows.labels),
         "train_groups": len(fit_rows.group_sizes), "train_positives": int(fit_rows.labels.sum()),
-        "holdout_groups": int(held.sum()), "holdout_ndcg@20": round(stopper.best, 4),
-        "epochs_run": len(stopper.scores), "best_epoch": stopper.best_epoch + 1,
+        "holdout_groups": int(held.sum()),
+        "holdout_ndcg@20": None if stopper is None else round(stopper.best, 4),
+        "epochs_run": epochs_run, "best_epoch": epochs_run if stopper is None else stopper.best_epoch + 1,
         "vocabulary": len(vocabulary), "parameters": int(model.count_params()),
     }
     metadata = {"format": FORMAT, "feature_names": list(RANKING_FEATURE_NAMES), "config": asdict(config),
@@ -464,7 +476,8 @@ def train_tf_ranker(train: TrainingSet, config: TFRankerConfig | None = None,
         export_model(model, Path(folder), metadata)
         ranker = TFRanker.load(folder, threads=None)
     curves = {name: [float(v) for v in values] for name, values in history.history.items()}
-    curves["holdout_ndcg@20"] = stopper.scores
+    if stopper is not None:
+        curves["holdout_ndcg@20"] = stopper.scores
     return TFTraining(ranker, facts, curves)
 
 

@@ -168,3 +168,16 @@ def test_training_is_deterministic(rows: TrainingSet) -> None:
     first = scores(config)
     np.testing.assert_array_equal(first, scores(config))
     assert not np.array_equal(first, scores(replace(config, seed=8)))
+
+
+def test_a_refit_for_a_fixed_epoch_count_learns_from_every_user(rows: TrainingSet) -> None:
+    """The kept model's refit: exactly the epochs given, on every group, no held-out users."""
+    config = tf_ranker.TFRankerConfig(epochs=8, batch_size=256, min_item_rows=30, holdout_share=0.2,
+                                      hidden=(32,), embedding_dim=4, learning_rate=0.01)
+    refit = tf_ranker.train_tf_ranker(rows, config, fixed_epochs=2)
+    assert refit.facts["epochs_run"] == refit.facts["best_epoch"] == 2
+    assert refit.facts["holdout_groups"] == 0 and refit.facts["holdout_ndcg@20"] is None
+    assert refit.facts["train_rows"] == len(rows.labels)
+    assert "holdout_ndcg@20" not in refit.history and len(refit.history["loss"]) == 2
+    with pytest.raises(ValueError, match="fixed_epochs"):
+        tf_ranker.train_tf_ranker(rows, config, fixed_epochs=0)
