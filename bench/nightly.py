@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from _machine_speed import probe_seconds  # bench/_machine_speed.py, beside this script
 from pydantic import SecretStr
 
 from cli.options import json_params
@@ -171,6 +172,7 @@ def main(
     with console.status(f"starting the API on {API_BIND} ..."):
         api.start(ready=False)  # nothing is published yet: the run publishes, the API swaps it in
     params = {**(QUICK if quick else {}), **extra}
+    speed = {"before": probe_seconds()}
     try:
         if mode == "airflow":
             with console.status(f"running the nightly DAG as of {as_of} through Airflow ..."):
@@ -182,10 +184,13 @@ def main(
                 figures = run_nightly(env, as_of, params, folder / "dag.log")
     finally:
         api.stop()
+    speed["after"] = probe_seconds()
     rows = [(task, figures["tasks"][task]["state"], figures["tasks"][task]["seconds"])
             for task in sorted(figures["tasks"], key=lambda t: figures["tasks"][t]["window"] or [0.0])]
     rows.append(("whole run, first task start to last task end", figures["state"], figures["run_s"]))
     rows.append(("starting Airflow, parsing the DAG (not in the run)", "", figures["startup_s"]))
+    rows.append(("machine speed probe before / after (bench/_machine_speed.py)", "",
+                 f"{speed['before']:.2f} / {speed['after']:.2f}"))
     target = "met" if figures["run_s"] < TARGET_S and figures["state"] == "success" else "missed"
     how = (f"through Airflow, LocalExecutor, parallelism {parallelism or 'default'}" if mode == "airflow"
            else "dag.test, one task after another") + (", quick" if quick else "") + (
@@ -195,7 +200,7 @@ def main(
     if as_json:
         print_json_line({"as_of": as_of, "mode": mode, "quick": quick, "params": params,
                          "parallelism": parallelism, "target_s": TARGET_S,
-                         "cpus": os.cpu_count(),
+                         "cpus": os.cpu_count(), "speed_probe_s": speed,
                          **figures})
     if figures["state"] != "success":
         raise typer.Exit(1)

@@ -143,16 +143,36 @@ def _run(action: Callable[[ModelPublisher], PublishResult], as_json: bool) -> No
 
 @app.command()
 def publish(
-    name: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[str, typer.Argument(help="Registered version to publish.")],
+    models: Annotated[list[str], typer.Argument(
+        help="NAME VERSION of one model, or NAME=VERSION of each of several (the nightly DAG's publish "
+        "step: one process and one ZooKeeper session for all).", metavar="NAME VERSION | NAME=VERSION...",
+        show_default=False)],
     force: ForceOption = False,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="How much worse than the "
                                              "published version (absolute, on the gate metric) is allowed."
                                              )] = DEFAULT_TOLERANCE,
     as_json: JsonOption = False,
 ) -> None:
-    """Publish a version to serving (its manifest into ZooKeeper) if it passes its quality gate."""
-    _run(lambda p: p.publish(name, version, force=force, tolerance=tolerance), as_json)
+    """Publish a version to serving (its manifest into ZooKeeper) if it passes its quality gate. Several
+    models are published in the order given; the first refusal stops there (exit 1)."""
+    targets = publish_targets(models)
+    results: list[PublishResult] = []
+    with _publisher() as publisher:
+        for name, version in targets.items():
+            results.append(publisher.publish(name, version, force=force, tolerance=tolerance))
+            if results[-1].refused:
+                break
+    for result in results:  # out of the publisher's block, which takes any exception for a store error
+        _report(result, as_json)
+
+
+def publish_targets(texts: list[str]) -> dict[str, str]:
+    """`NAME VERSION` (the one-model form) or `NAME=VERSION ...`."""
+    if len(texts) == 2 and not any("=" in text for text in texts):
+        return {texts[0]: texts[1]}
+    if len(texts) == 1 and "=" not in texts[0]:
+        raise fail(f"bad model {texts[0]!r}: give NAME VERSION, or NAME=VERSION of each model")
+    return name_versions(texts, "model")
 
 
 @app.command()

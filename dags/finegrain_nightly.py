@@ -119,10 +119,11 @@ def gate(xgboost: dict[str, Any], tf: dict[str, Any], embeddings: dict[str, Any]
 @task(task_id="publish", retries=1, retry_delay=pendulum.duration(minutes=1),
       execution_timeout=pendulum.duration(minutes=10))
 def publish(passed: dict[str, str]) -> dict[str, str]:
-    """Publishes exactly what the gate passed; a retry is safe (a published version stays as it is)."""
-    for name, version in sorted(passed.items()):
-        run_finegrain(["models", "publish", name, version, "--tolerance", str(_params()["tolerance"]),
-                       "--json"])
+    """Publishes exactly what the gate passed, in one command; a retry is safe (a published version
+    stays as it is)."""
+    if passed:
+        models = [f"{name}={version}" for name, version in sorted(passed.items())]
+        run_finegrain(["models", "publish", *models, "--tolerance", str(_params()["tolerance"]), "--json"])
     return passed
 
 

@@ -300,6 +300,16 @@ def test_cli_lists_refuses_with_the_reason_and_reports_status(
     assert published.exit_code == 0 and "published:" in published.output, published.output
     refused = runner.invoke(root, ["models", "publish", name, weak.version])
     assert refused.exit_code == 1 and "refused:" in refused.output and "auc" in refused.output
+    # Several at once (the nightly DAG's form): each reported, the first refusal ends it with exit 1.
+    other = _register(registry, "bulk_lines_cli_other", trained.good, trained.good.artifact, trained.snapshot)
+    both = runner.invoke(root, ["models", "publish", f"bulk_lines_cli_other={other.version}",
+                                f"{name}={weak.version}", "--json"])
+    assert both.exit_code == 1 and "published:" in both.output and "refused:" in both.output, both.output
+    assert [json.loads(line)["name"] for line in both.output.splitlines() if line.startswith("{")] == [
+        "bulk_lines_cli_other", name]
+    for bad in (["models", "publish", name], ["models", "publish", f"{name}=", "x=y"]):
+        answer = runner.invoke(root, bad)
+        assert answer.exit_code == 2 and "bad model" in answer.output, answer.output
     status = runner.invoke(root, ["models", "status", name, "--json"])
     assert status.exit_code == 0, status.output
     figures = json.loads(status.output.strip().splitlines()[-1])["models"][0]
