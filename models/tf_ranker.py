@@ -432,20 +432,20 @@ def train_tf_ranker(train: TrainingSet, config: TFRankerConfig | None = None,
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     # Whole users are held out, so a user's candidates are never split between fitting and stopping.
-    held = np.random.default_rng(config.seed).random(len(train.group_sizes)) < config.holdout_share
-    if fixed_epochs is not None:
-        held[:] = False
-    elif held.all() or not held.any():
-        held[:] = False
-        held[0] = True
+    if fixed_epochs is None:
+        held = np.random.default_rng(config.seed).random(len(train.group_sizes)) < config.holdout_share
+        if held.all() or not held.any():
+            held[:] = False
+            held[0] = True
+    else:
+        held = np.zeros(len(train.group_sizes), dtype=bool)
     fit_rows = subset(train, ~held)
     preprocessing = Preprocessing.fit(fit_rows.features)
     vocabulary = item_vocabulary(fit_rows.item_ids, config.min_item_rows)
     model = build_model(preprocessing, vocabulary, config)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss=keras.losses.BinaryCrossentropy())
-    stopper = None if fixed_epochs is not None else _StopOnNdcg(subset(train, held), config.batch_size,
-                                                                config.patience)
+    stopper = None if fixed_epochs else _StopOnNdcg(subset(train, held), config.batch_size, config.patience)
 
     class _Say(keras.callbacks.Callback):  # type: ignore[misc]
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -459,7 +459,7 @@ def train_tf_ranker(train: TrainingSet, config: TFRankerConfig | None = None,
         _dataset(fit_rows.features, fit_rows.item_ids, fit_rows.labels, config.batch_size,
                  shuffle_seed=config.seed),
         epochs=config.epochs if fixed_epochs is None else fixed_epochs, verbose=0, shuffle=False,
-        callbacks=[_Say()] if stopper is None else [stopper, _Say()])
+        callbacks=[callback for callback in (stopper, _Say()) if callback is not None])
     seconds = time.perf_counter() - started
     epochs_run = len(history.history.get("loss", []))
     facts: dict[str, Any] = {
